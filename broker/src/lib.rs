@@ -1,1 +1,28 @@
-pub fn x(){}
+//! mqim's embedded MQTT broker: rumqttd 0.20, unforked, made safe for an IM server.
+//!
+//! rumqttd routes fast but has no authorization hook and a few defects that let one
+//! client hurt others. This crate wraps it without changing its code:
+//!
+//! * [`topics`] — the topic rules of SPEC §4 as pure functions;
+//! * [`clientid`] — client id rules, checked before rumqttd sees an id;
+//! * `guard` — the per-connection codec wrapper that applies the rules to every packet;
+//! * [`registry`] — live connections and the users they are bound to;
+//! * [`embedded`] — starting the router and listeners on our runtime, publishing, and
+//!   closing connections;
+//! * `ws` — MQTT over WebSocket through our own listener.
+//!
+//! The service plugs in through [`Hooks`].
+
+pub mod clientid;
+pub mod embedded;
+mod guard;
+pub mod hooks;
+pub mod registry;
+pub mod topics;
+mod ws;
+
+pub use embedded::{BrokerConfig, BrokerError, Closer, EmbeddedBroker, Publisher};
+pub use guard::SINK_TOPIC;
+pub use hooks::{BoxFuture, Denied, Hooks};
+pub use registry::{now_ms, Connection, Principal, Registry};
+pub use topics::{AccessGraph, Fmt, Grant, Topic};

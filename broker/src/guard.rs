@@ -1,0 +1,390 @@
+//! `Guard`: a wrapper around rumqttd's MQTT 3.1.1 codec that enforces mqim's rules.
+//!
+//! rumqttd 0.20 has no authorization hook, but its servers are generic over the public
+//! `Protocol` trait and clone one protocol value per connection. The guard is that
+//! value: it sees every packet read from and written to one client, so it can
+//!
+//! * validate the client id and bind the connection to its user (CONNECT);
+//! * rewrite the client id to one unique per connection and force a clean session,
+//!   which makes rumqttd's listener lock-out (bug 2) impossible and keeps no broker
+//!   session state (the database is the source of truth for delivery);
+//! * drop last-will messages (they would be published on any topic, past the rules);
+//! * judge each SUBSCRIBE filter on its own, remove refused ones before the router sees
+//!   them (a `$` filter would make the router disconnect the client) and answer them with
+//!   SUBACK 0x80;
+//! * take frames published on the user's own `out` topic for the service and send every
+//!   client publish to a sink topic nobody can subscribe to, so clients never reach each
+//!   other directly;
+//! * check each outgoing PUBLISH again at delivery (a kicked member's old subscription
+//!   gets nothing), acknowledging dropped QoS 1 publishes to the router itself, in the
+//!   strict order rumqttd requires;
+//! * strip MQTT 5 properties from packets written to 3.1.1 clients (bug 1);
+//! * report PUBACKs of delivered frames, and the end of the connection when dropped.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use rumqttd::protocol::v4::V4;
+use rumqttd::protocol::{
+    ConnectReturnCode, Error, Packet, PubAck, PubAckReason, Protocol, QoS, SubscribeReasonCode,
+};
+use parking_lot::Mutex;
+use tracing::debug;
+
+use crate::clientid::valid_client_id;
+use crate::hooks::{Denied, Hooks};
+use crate::registry::{Connection, Registry};
+use crate::topics::{may_publish, may_receive, may_subscribe, Grant};
+
+/// Topic every client publish is rewritten to. Subscribing to it is refused like any
+/// other topic outside the rules, so nothing published there is ever delivered.
+pub const SINK_TOPIC: &str = "mqim/sink";
+
+/// State shared by every connection of the broker.
+pub(crate) struct Shared {
+    pub(crate) hooks: Arc<dyn Hooks>,
+    pub(crate) registry: Arc<Registry>,
+}
+
+/// Ends the connection's registration when the connection task drops its codec.
+struct Live {
+    conn: Arc<Connection>,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.shared.registry.remove(self.conn.id);
+        if self.conn.set_online(false) {
+            self.shared.hooks.disconnected(&self.conn);
+        }
+    }
+}
+
+/// An outgoing QoS 1 publish waiting for its PUBACK.
+enum Inflight {
+    /// Written to the client, who will acknowledge it.
+    Written { topic: Bytes, payload: Bytes },
+    /// Dropped by the delivery check: the guard acknowledges it itself.
+    Dropped,
+}
+
+#[derive(Default)]
+struct State {
+    /// Packets to hand to the router before reading more from the socket (synthetic
+    /// PUBACKs, in order).
+    pending: VecDeque<Packet>,
+    /// Outgoing QoS 1 publishes in the order written; rumqttd accepts acks only in order.
+    inflight: VecDeque<(u16, Inflight)>,
+    /// Per SUBSCRIBE packet id: the original number of filters, which positions were
+    /// refused, and the grants of the accepted ones.
+    subscribes: HashMap<u16, (usize, Vec<usize>, Vec<Grant>)>,
+}
+
+/// The per-connection protocol wrapper (see the module docs).
+pub struct Guard {
+    shared: Arc<Shared>,
+    live: Option<Live>,
+    state: Mutex<State>,
+}
+
+impl Clone for Guard {
+    /// Servers clone the template once per accepted socket; the template never has a
+    /// connection, so a clone starts fresh.
+    fn clone(&self) -> Self {
+        Guard::new(self.shared.clone())
+    }
+}
+
+impl Guard {
+    pub(crate) fn new(shared: Arc<Shared>) -> Guard {
+        Guard {
+            shared,
+            live: None,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn conn(&self) -> Option<&Arc<Connection>> {
+        self.live.as_ref().map(|l| &l.conn)
+    }
+
+    fn on_connect(&mut self, packet: Packet) -> Result<Packet, Error> {
+        let Packet::Connect(mut connect, props, _will, _will_props, login) = packet else {
+            return Ok(packet);
+        };
+        if self.live.is_some() {
+            // A second CONNECT is a protocol violation.
+            return Err(Error::InvalidProtocol);
+        }
+        let Some(login) = login else {
+            debug!("CONNECT without credentials refused");
+            return Err(Error::IncorrectPacketFormat);
+        };
+        if !valid_client_id(&connect.client_id, &login.username) {
+            debug!(
+                client_id_len = connect.client_id.len(),
+                "CONNECT with a client id not allowed for its username refused"
+            );
+            return Err(Error::IncorrectPacketFormat);
+        }
+        let conn = self
+            .shared
+            .registry
+            .insert(&connect.client_id, &login.username);
+        let login = Some(login);
+        connect.client_id = conn.internal_id.clone();
+        connect.clean_session = true;
+        self.live = Some(Live {
+            conn,
+            shared: self.shared.clone(),
+        });
+        // Last wills are dropped: the router would publish them on any topic.
+        Ok(Packet::Connect(connect, props, None, None, login))
+    }
+
+    fn on_publish(&mut self, packet: Packet) -> Packet {
+        let Packet::Publish(mut publish, _props) = packet else {
+            return packet;
+        };
+        if let Some(conn) = self.conn() {
+            let topic = std::str::from_utf8(&publish.topic).unwrap_or("");
+            match conn.user_id().and_then(|uid| may_publish(uid, topic)) {
+                Some(fmt) => self.shared.hooks.frame(conn, fmt, publish.payload.clone()),
+                None => {
+                    debug!(conn = conn.id, topic, "publish outside the rules dropped");
+                    self.shared.hooks.denied(conn, Denied::Publish(topic));
+                }
+            }
+        }
+        // The router still sees the publish (it owes a QoS 1 client its PUBACK) but on a
+        // topic with no subscribers, where it is dropped.
+        publish.topic = Bytes::from_static(SINK_TOPIC.as_bytes());
+        publish.retain = false;
+        publish.payload = Bytes::new();
+        Packet::Publish(publish, None)
+    }
+
+    fn on_subscribe(&mut self, packet: Packet) -> Packet {
+        let Packet::Subscribe(mut subscribe, props) = packet else {
+            return packet;
+        };
+        let total = subscribe.filters.len();
+        let mut refused = Vec::new();
+        let mut grants = Vec::new();
+        let mut kept = Vec::with_capacity(total);
+        let user = self.conn().and_then(|c| c.user_id());
+        for (i, mut filter) in subscribe.filters.drain(..).enumerate() {
+            let grant = user.and_then(|u| may_subscribe(u, &filter.path, self.shared.hooks.graph()));
+            match grant {
+                Some(g) => {
+                    // QoS 2 is granted as QoS 1: mqim deduplicates by message id.
+                    if filter.qos == QoS::ExactlyOnce {
+                        filter.qos = QoS::AtLeastOnce;
+                    }
+                    grants.push(g);
+                    kept.push(filter);
+                }
+                None => {
+                    if let Some(conn) = self.conn() {
+                        debug!(conn = conn.id, filter = %filter.path, "subscription refused");
+                        self.shared.hooks.denied(conn, Denied::Subscribe(&filter.path));
+                    }
+                    refused.push(i);
+                }
+            }
+        }
+        subscribe.filters = kept;
+        self.state
+            .get_mut()
+            .subscribes
+            .insert(subscribe.pkid, (total, refused, grants));
+        Packet::Subscribe(subscribe, props)
+    }
+
+    fn on_puback(&mut self, pkid: u16) {
+        let state = self.state.get_mut();
+        if let Some((head, _)) = state.inflight.front() {
+            if *head == pkid {
+                if let Some((_, Inflight::Written { topic, payload })) = state.inflight.pop_front()
+                {
+                    if let Some(live) = &self.live {
+                        self.shared.hooks.delivered(&live.conn, &topic, &payload);
+                    }
+                }
+            }
+        }
+        Self::ack_dropped(state);
+    }
+
+    /// Acknowledges, on the client's behalf, dropped publishes now at the head of the
+    /// inflight queue.
+    fn ack_dropped(state: &mut State) {
+        while let Some((pkid, Inflight::Dropped)) = state.inflight.front() {
+            let pkid = *pkid;
+            state.inflight.pop_front();
+            state.pending.push_back(Packet::PubAck(
+                PubAck {
+                    pkid,
+                    reason: PubAckReason::Success,
+                },
+                None,
+            ));
+        }
+    }
+
+    fn write_publish(&self, packet: Packet, out: &mut BytesMut) -> Result<usize, Error> {
+        let Packet::Publish(publish, _props) = packet else {
+            return V4.write(packet, out);
+        };
+        let start = out.len();
+        let topic = publish.topic.clone();
+        let payload = publish.payload.clone();
+        // Properties are stripped: a v5 publish with properties would hit `unreachable!`
+        // in rumqttd's v4 writer (bug 1).
+        let n = V4.write(Packet::Publish(publish, None), out)?;
+        let (qos, pkid) = publish_header(&out[start..]).unwrap_or((0, 0));
+        let allowed = match self.conn() {
+            Some(conn) => match conn.user_id() {
+                Some(uid) => {
+                    let t = std::str::from_utf8(&topic).unwrap_or("");
+                    let ok = may_receive(uid, t, self.shared.hooks.graph());
+                    if !ok {
+                        debug!(conn = conn.id, topic = t, "delivery no longer allowed, dropped");
+                        self.shared.hooks.denied(conn, Denied::Delivery(t));
+                    }
+                    ok
+                }
+                None => false,
+            },
+            None => false,
+        };
+        let mut state = self.state.lock();
+        if qos > 0 {
+            let entry = if allowed {
+                Inflight::Written { topic, payload }
+            } else {
+                Inflight::Dropped
+            };
+            state.inflight.push_back((pkid, entry));
+            Self::ack_dropped(&mut state);
+        }
+        if allowed {
+            Ok(n)
+        } else {
+            out.truncate(start);
+            Ok(0)
+        }
+    }
+
+    fn write_suback(&self, packet: Packet, out: &mut BytesMut) -> Result<usize, Error> {
+        let Packet::SubAck(mut suback, _props) = packet else {
+            return V4.write(packet, out);
+        };
+        let entry = self.state.lock().subscribes.remove(&suback.pkid);
+        let mut grants = Vec::new();
+        if let Some((total, refused, g)) = entry {
+            let mut accepted = suback.return_codes.into_iter();
+            let mut codes = Vec::with_capacity(total);
+            for i in 0..total {
+                if refused.contains(&i) {
+                    codes.push(SubscribeReasonCode::Failure);
+                } else {
+                    codes.push(accepted.next().unwrap_or(SubscribeReasonCode::Failure));
+                }
+            }
+            suback.return_codes = codes;
+            grants = g;
+        }
+        let n = V4.write(Packet::SubAck(suback, None), out)?;
+        if let Some(conn) = self.conn() {
+            for g in grants {
+                self.shared.hooks.subscribed(conn, g);
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl Protocol for Guard {
+    fn read_mut(&mut self, stream: &mut BytesMut, max_size: usize) -> Result<Packet, Error> {
+        if let Some(p) = self.state.get_mut().pending.pop_front() {
+            return Ok(p);
+        }
+        let packet = V4.read_mut(stream, max_size)?;
+        Ok(match packet {
+            Packet::Connect(..) => self.on_connect(packet)?,
+            Packet::Publish(..) => self.on_publish(packet),
+            Packet::Subscribe(..) => self.on_subscribe(packet),
+            Packet::PubAck(ref ack, _) => {
+                let pkid = ack.pkid;
+                self.on_puback(pkid);
+                packet
+            }
+            other => other,
+        })
+    }
+
+    fn write(&self, packet: Packet, out: &mut BytesMut) -> Result<usize, Error> {
+        match packet {
+            Packet::Publish(..) => self.write_publish(packet, out),
+            Packet::SubAck(..) => self.write_suback(packet, out),
+            Packet::ConnAck(ack, _) => {
+                let success = ack.code == ConnectReturnCode::Success;
+                let n = V4.write(Packet::ConnAck(ack, None), out)?;
+                if success {
+                    if let Some(conn) = self.conn() {
+                        if !conn.set_online(true) {
+                            self.shared.hooks.connected(conn);
+                        }
+                    }
+                }
+                Ok(n)
+            }
+            // Every other packet goes out without MQTT 5 properties (bug 1).
+            Packet::PubAck(p, _) => V4.write(Packet::PubAck(p, None), out),
+            Packet::UnsubAck(p, _) => V4.write(Packet::UnsubAck(p, None), out),
+            Packet::Disconnect(p, _) => V4.write(Packet::Disconnect(p, None), out),
+            Packet::PubRec(p, _) => V4.write(Packet::PubRec(p, None), out),
+            Packet::PubRel(p, _) => V4.write(Packet::PubRel(p, None), out),
+            Packet::PubComp(p, _) => V4.write(Packet::PubComp(p, None), out),
+            other => V4.write(other, out),
+        }
+    }
+}
+
+/// Reads QoS and packet id from an encoded PUBLISH (`Publish` keeps them crate-private).
+fn publish_header(buf: &[u8]) -> Option<(u8, u16)> {
+    let qos = (buf.first()? >> 1) & 0b11;
+    let mut i = 1;
+    // Remaining length: 1 to 4 bytes, high bit = continuation.
+    loop {
+        let b = *buf.get(i)?;
+        i += 1;
+        if b & 0x80 == 0 || i > 4 {
+            break;
+        }
+    }
+    let topic_len = u16::from_be_bytes([*buf.get(i)?, *buf.get(i + 1)?]) as usize;
+    i += 2 + topic_len;
+    if qos == 0 {
+        return Some((0, 0));
+    }
+    Some((qos, u16::from_be_bytes([*buf.get(i)?, *buf.get(i + 1)?])))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::publish_header;
+
+    #[test]
+    fn reads_publish_header() {
+        // QoS 1, remaining length 9, topic "a/b", pkid 0x0102, payload "xy".
+        let buf = [0x32, 9, 0, 3, b'a', b'/', b'b', 1, 2, b'x', b'y'];
+        assert_eq!(publish_header(&buf), Some((1, 0x0102)));
+        let buf = [0x30, 7, 0, 3, b'a', b'/', b'b', b'x', b'y'];
+        assert_eq!(publish_header(&buf), Some((0, 0)));
+        assert_eq!(publish_header(&[0x32]), None);
+    }
+}

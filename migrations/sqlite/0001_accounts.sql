@@ -1,0 +1,38 @@
+-- Accounts and access tokens.
+-- Times are unix milliseconds. Usernames are lowercase (checked by the service) and
+-- never change; passwords are stored only as Argon2id PHC strings, tokens only as
+-- SHA-256 hex digests.
+
+CREATE TABLE users (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    username      TEXT    NOT NULL,
+    password_hash TEXT    NOT NULL,
+    nickname      TEXT    NOT NULL DEFAULT '',
+    avatar_url    TEXT    NOT NULL DEFAULT '',
+    bio           TEXT    NOT NULL DEFAULT '',
+    -- Last reported location, for "people nearby"; NULL until set.
+    lat           REAL,
+    lon           REAL,
+    location_at   INTEGER,
+    -- 1 when an admin disabled the account: no login, no CONNECT.
+    disabled      INTEGER NOT NULL DEFAULT 0,
+    created_at    INTEGER NOT NULL,
+    updated_at    INTEGER NOT NULL,
+    CONSTRAINT users_username_key UNIQUE (username)
+);
+-- Prefix search on nickname (case-insensitive).
+CREATE INDEX users_nickname_lower_idx ON users (lower(nickname));
+CREATE INDEX users_location_idx ON users (lat, lon) WHERE lat IS NOT NULL;
+
+CREATE TABLE tokens (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id     INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    -- SHA-256 of the token, hex. The token itself is never stored.
+    token_hash  TEXT    NOT NULL,
+    created_at  INTEGER NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    -- Set when revoked (logout, password change, admin); a revoked token never works.
+    revoked_at  INTEGER,
+    CONSTRAINT tokens_hash_key UNIQUE (token_hash)
+);
+CREATE INDEX tokens_user_idx ON tokens (user_id);

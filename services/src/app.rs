@@ -1,0 +1,118 @@
+//! Wiring: open the database, migrate, start the broker and the HTTP server, and run
+//! until the shutdown future resolves.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use mqim_broker::{BrokerConfig, EmbeddedBroker};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tracing::info;
+
+use crate::config::{redact_url, Config};
+use crate::db::Db;
+use crate::graph::SocialGraph;
+use crate::metrics::Metrics;
+use crate::mqtt::{dispatch, ServiceHooks};
+use crate::passwords::Hasher;
+use crate::push::Push;
+use crate::state::AppState;
+
+/// Runs the server until `shutdown` resolves, then drains HTTP requests (bounded).
+///
+/// # Errors
+/// Start-up failures: database, migrations, a listener that cannot be bound.
+pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let db = Db::connect(&config).await?;
+    db.migrate().await?;
+    info!(database = %redact_url(&config.database_url()), backend = ?db.backend, "database ready");
+
+    let graph = Arc::new(SocialGraph::load(&db).await.context("loading social graph")?);
+    let metrics = Arc::new(Metrics::default());
+    let (inbound_tx, inbound_rx) = mpsc::unbounded_channel();
+    let hooks = Arc::new(ServiceHooks::new(db.clone(), graph.clone(), metrics.clone(), inbound_tx));
+
+    let connect_timeout = Duration::from_secs(config.mqtt.connect_timeout_secs);
+    let broker = EmbeddedBroker::start(
+        BrokerConfig {
+            tcp_addr: config.mqtt.addr,
+            ws_addr: config.ws_addr(),
+            ws_path: config.mqtt.ws_path.clone(),
+            max_connections: config.mqtt.max_connections,
+            max_packet_size: config.mqtt.max_packet_bytes,
+            connect_timeout,
+            handshake_timeout: connect_timeout,
+            segment_size: config.mqtt.segment_bytes,
+            segment_count: config.mqtt.segment_count,
+        },
+        hooks,
+    )
+    .await?;
+    info!("mqtt listening on {}", broker.tcp_addr());
+    if let Some(ws) = broker.ws_addr() {
+        info!("mqtt-ws listening on {}{}", ws, config.mqtt.ws_path);
+    }
+
+    let state = AppState {
+        config: config.clone(),
+        db: db.clone(),
+        hasher: Hasher::new(config.auth.hash_concurrency),
+        metrics,
+        graph,
+        push: Push::new(broker.publisher()),
+        closer: broker.closer(),
+        connections: broker.registry().clone(),
+        started: Instant::now(),
+    };
+    let dispatcher = tokio::spawn(dispatch::run(state.clone(), inbound_rx));
+
+    let listener = TcpListener::bind(config.http.addr)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", config.http.addr))?;
+    info!("http listening on {}", listener.local_addr()?);
+    let app = crate::http::app(state);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stop_rx.await;
+            })
+            .await
+    });
+
+    shutdown.await;
+    info!("shutting down");
+    broker.shutdown();
+    let _ = stop_tx.send(());
+    if tokio::time::timeout(Duration::from_secs(10), server).await.is_err() {
+        tracing::warn!("HTTP requests still running after 10 s; stopping anyway");
+    }
+    dispatcher.abort();
+    db.pool.close().await;
+    info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

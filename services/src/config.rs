@@ -1,0 +1,244 @@
+//! Configuration: one serde struct, layered defaults → `--config FILE` → environment.
+//!
+//! The defaults are `config/default.toml`, compiled in, so the file that documents every
+//! key is also the one that defines the defaults and they cannot drift apart.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::Deserialize;
+
+/// The compiled-in defaults.
+pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
+
+/// Errors loading or validating configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A layer could not be read or a value has the wrong type.
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    /// A value is out of range or inconsistent.
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+/// All settings (see `config/default.toml` for what each means).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub database: DatabaseConfig,
+    pub http: HttpConfig,
+    pub mqtt: MqttConfig,
+    pub auth: AuthConfig,
+    pub admin: AdminConfig,
+    pub limits: LimitsConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub addr: SocketAddr,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    pub addr: SocketAddr,
+    pub ws_addr: String,
+    pub ws_path: String,
+    pub max_connections: usize,
+    pub max_packet_bytes: usize,
+    pub connect_timeout_secs: u64,
+    pub segment_bytes: usize,
+    pub segment_count: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub token_ttl_secs: i64,
+    pub hash_concurrency: usize,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub token: String,
+}
+
+impl std::fmt::Debug for AdminConfig {
+    /// Never prints the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("token", &if self.token.is_empty() { "" } else { "<set>" })
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_friends: i64,
+    pub max_group_members: i64,
+    pub max_groups_per_user: i64,
+    pub page_size: i64,
+    pub max_page_size: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: String,
+}
+
+impl Config {
+    /// Loads defaults, then `file` if given, then `MQIM_*` environment variables, and
+    /// validates the result.
+    ///
+    /// # Errors
+    /// A missing or malformed file, a value of the wrong type, or a value out of range.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_from(file, Env::prefixed("MQIM_"))
+    }
+
+    fn load_from(file: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::Invalid(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        let env = env.map(|key| {
+            let k = key.as_str().to_ascii_lowercase();
+            match k.as_str() {
+                "http_addr" => "http.addr".into(),
+                "mqtt_addr" => "mqtt.addr".into(),
+                "ws_addr" => "mqtt.ws_addr".into(),
+                "database_url" => "database.url".into(),
+                "data_dir" => "data_dir".into(),
+                "admin_token" => "admin.token".into(),
+                other => other.replace("__", ".").into(),
+            }
+        });
+        let config: Config = fig.merge(env).extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let url = &self.database.url;
+        if !(url.is_empty() || url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return bad(format!("database.url must start with sqlite: or postgres://, got {:?}", redact_url(url)));
+        }
+        if self.database.max_connections == 0 {
+            return bad("database.max_connections must be at least 1".into());
+        }
+        if !self.mqtt.ws_addr.is_empty() && self.mqtt.ws_addr.parse::<SocketAddr>().is_err() {
+            return bad(format!("mqtt.ws_addr {:?} is not an address like 0.0.0.0:8083", self.mqtt.ws_addr));
+        }
+        if !self.mqtt.ws_path.starts_with('/') {
+            return bad("mqtt.ws_path must start with /".into());
+        }
+        if self.mqtt.max_connections == 0 || self.mqtt.max_packet_bytes < 1024 {
+            return bad("mqtt.max_connections must be ≥ 1 and mqtt.max_packet_bytes ≥ 1024".into());
+        }
+        if self.auth.token_ttl_secs < 60 {
+            return bad("auth.token_ttl_secs must be at least 60".into());
+        }
+        if self.auth.hash_concurrency == 0 {
+            return bad("auth.hash_concurrency must be at least 1".into());
+        }
+        let l = &self.limits;
+        if l.max_friends < 1 || l.max_group_members < 2 || l.max_groups_per_user < 1 {
+            return bad("limits must be positive (max_group_members ≥ 2)".into());
+        }
+        if l.page_size < 1 || l.max_page_size < l.page_size {
+            return bad("limits.page_size must be ≥ 1 and ≤ limits.max_page_size".into());
+        }
+        if !matches!(self.log.format.as_str(), "pretty" | "json") {
+            return bad("log.format must be \"pretty\" or \"json\"".into());
+        }
+        Ok(())
+    }
+
+    /// The database URL in effect (SQLite under the data directory when unset).
+    pub fn database_url(&self) -> String {
+        if self.database.url.is_empty() {
+            format!("sqlite://{}?mode=rwc", self.data_dir.join("mqim.db").display())
+        } else {
+            self.database.url.clone()
+        }
+    }
+
+    /// The WebSocket listener address, if enabled.
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        self.mqtt.ws_addr.parse().ok()
+    }
+}
+
+/// A database URL with any password replaced, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..s + 3], user, &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let c = Config::load_from(None, Env::prefixed("MQIM_TEST_NOTHING_")).expect("defaults");
+        assert_eq!(c.http.addr.port(), 8080);
+        assert_eq!(c.mqtt.addr.port(), 1883);
+        assert_eq!(c.ws_addr().map(|a| a.port()), Some(8083));
+        assert!(c.database_url().starts_with("sqlite://"));
+    }
+
+    #[test]
+    fn file_overlays_and_rejects_bad_values() {
+        let dir = std::env::temp_dir().join(format!("mqim-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp");
+        let f = dir.join("c.toml");
+        std::fs::write(&f, "[http]\naddr = \"127.0.0.1:0\"\n").expect("write");
+        let c = Config::load_from(Some(&f), Env::prefixed("MQIM_TEST_NOTHING_")).expect("load");
+        assert_eq!(c.http.addr.to_string(), "127.0.0.1:0");
+        std::fs::write(&f, "[http]\naddr = \"nonsense\"\n").expect("write");
+        assert!(Config::load_from(Some(&f), Env::prefixed("MQIM_TEST_NOTHING_")).is_err());
+        std::fs::write(&f, "[nope]\nx = 1\n").expect("write");
+        assert!(Config::load_from(Some(&f), Env::prefixed("MQIM_TEST_NOTHING_")).is_err());
+        assert!(Config::load_from(Some(&dir.join("missing.toml")), Env::prefixed("X_")).is_err());
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact_url("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
+    }
+}

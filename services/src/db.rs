@@ -1,0 +1,144 @@
+//! Database access: one sqlx `Any` pool for SQLite or PostgreSQL, chosen by URL.
+//!
+//! Queries are written once, in the SQL both engines accept (`$1` placeholders,
+//! `RETURNING`, `ON CONFLICT`), and run at run time, so one repository API serves both
+//! backends and CI runs the whole suite against each. Values crossing the boundary are
+//! kept to the types `Any` maps faithfully: `i64`, `f64`, `String`, `Option` of those.
+//! Times are unix milliseconds (`i64`).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Executor};
+
+use crate::config::{redact_url, Config};
+
+/// Migrations for each backend, embedded at build time.
+static SQLITE: Migrator = sqlx::migrate!("../migrations/sqlite");
+static POSTGRES: Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// Which engine the pool talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite (the default, embedded).
+    Sqlite,
+    /// PostgreSQL (for scale-out).
+    Postgres,
+}
+
+/// The pool and its backend.
+#[derive(Debug, Clone)]
+pub struct Db {
+    /// Connection pool.
+    pub pool: AnyPool,
+    /// Which engine.
+    pub backend: Backend,
+}
+
+/// Errors opening the database.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// Connecting failed.
+    #[error("cannot open database {url}: {source}")]
+    Connect {
+        /// The URL, password redacted.
+        url: String,
+        /// The cause.
+        source: sqlx::Error,
+    },
+    /// A migration failed.
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The data directory could not be created.
+    #[error("cannot create data directory {0}: {1}")]
+    DataDir(String, std::io::Error),
+}
+
+impl Db {
+    /// Opens the database named by the configuration (creating the SQLite file and data
+    /// directory if needed). Does not migrate.
+    ///
+    /// # Errors
+    /// When the database cannot be reached or created.
+    pub async fn connect(config: &Config) -> Result<Db, DbError> {
+        sqlx::any::install_default_drivers();
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| DbError::DataDir(config.data_dir.display().to_string(), e))?;
+        let url = config.database_url();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        };
+        let err = |source| DbError::Connect {
+            url: redact_url(&url),
+            source,
+        };
+        let opts = AnyConnectOptions::from_str(&url).map_err(err)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(config.database.max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL: readers never block the writer. synchronous=NORMAL is
+                        // durable against a killed process (not power loss).
+                        conn.execute(
+                            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; \
+                             PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON;",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(opts)
+            .await
+            .map_err(err)?;
+        Ok(Db { pool, backend })
+    }
+
+    /// Applies pending migrations.
+    ///
+    /// # Errors
+    /// When a migration fails or the applied ones differ from the embedded ones.
+    pub async fn migrate(&self) -> Result<(), DbError> {
+        match self.backend {
+            Backend::Sqlite => SQLITE.run(&self.pool).await?,
+            Backend::Postgres => POSTGRES.run(&self.pool).await?,
+        }
+        Ok(())
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+}
+
+/// Whether `e` is a unique-constraint violation (on either backend).
+pub fn is_unique_violation(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => {
+            d.is_unique_violation()
+                || d.code().as_deref() == Some("23505")
+                || d.message().contains("UNIQUE constraint failed")
+        }
+        _ => false,
+    }
+}
+
+/// Escapes `%`, `_` and `\` for a `LIKE … ESCAPE '\'` prefix pattern.
+pub fn like_prefix(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 1);
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
+}

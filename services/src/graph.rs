@@ -1,0 +1,120 @@
+//! In-memory view of friendships and group memberships, for the topic rules.
+//!
+//! The broker checks these on every SUBSCRIBE and every group or presence publish it
+//! writes to a client, so they must be memory lookups. The view is loaded from the
+//! database at start-up and updated by the social service right after each change
+//! commits (the database stays the source of truth).
+
+use std::collections::{HashMap, HashSet};
+
+use parking_lot::RwLock;
+use sqlx::Row;
+
+use crate::db::Db;
+
+/// Friendships and memberships.
+#[derive(Debug, Default)]
+pub struct SocialGraph {
+    friends: RwLock<HashMap<i64, HashSet<i64>>>,
+    members: RwLock<HashMap<i64, HashSet<i64>>>,
+}
+
+impl SocialGraph {
+    /// Loads the whole graph.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn load(db: &Db) -> Result<SocialGraph, sqlx::Error> {
+        let g = SocialGraph::default();
+        let rows = sqlx::query("SELECT user_id, friend_id FROM friendships")
+            .fetch_all(&db.pool)
+            .await?;
+        {
+            let mut f = g.friends.write();
+            for r in rows {
+                let (a, b): (i64, i64) = (r.try_get(0)?, r.try_get(1)?);
+                f.entry(a).or_default().insert(b);
+            }
+        }
+        let rows = sqlx::query(
+            "SELECT m.group_id, m.user_id FROM group_members m \
+             JOIN chat_groups g ON g.id = m.group_id WHERE g.dissolved_at IS NULL",
+        )
+        .fetch_all(&db.pool)
+        .await?;
+        {
+            let mut m = g.members.write();
+            for r in rows {
+                let (gid, uid): (i64, i64) = (r.try_get(0)?, r.try_get(1)?);
+                m.entry(gid).or_default().insert(uid);
+            }
+        }
+        Ok(g)
+    }
+
+    /// Records a friendship (both directions).
+    pub fn add_friends(&self, a: i64, b: i64) {
+        let mut f = self.friends.write();
+        f.entry(a).or_default().insert(b);
+        f.entry(b).or_default().insert(a);
+    }
+
+    /// Forgets a friendship (both directions).
+    pub fn remove_friends(&self, a: i64, b: i64) {
+        let mut f = self.friends.write();
+        if let Some(s) = f.get_mut(&a) {
+            s.remove(&b);
+        }
+        if let Some(s) = f.get_mut(&b) {
+            s.remove(&a);
+        }
+    }
+
+    /// The user's friends.
+    pub fn friends_of(&self, uid: i64) -> Vec<i64> {
+        self.friends
+            .read()
+            .get(&uid)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Records a membership.
+    pub fn add_member(&self, gid: i64, uid: i64) {
+        self.members.write().entry(gid).or_default().insert(uid);
+    }
+
+    /// Forgets a membership.
+    pub fn remove_member(&self, gid: i64, uid: i64) {
+        if let Some(s) = self.members.write().get_mut(&gid) {
+            s.remove(&uid);
+        }
+    }
+
+    /// Forgets a whole group (dissolved).
+    pub fn remove_group(&self, gid: i64) {
+        self.members.write().remove(&gid);
+    }
+
+    /// The group's members.
+    pub fn members_of(&self, gid: i64) -> Vec<i64> {
+        self.members
+            .read()
+            .get(&gid)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default()
+    }
+}
+
+impl mqim_broker::AccessGraph for SocialGraph {
+    fn is_member(&self, uid: i64, gid: i64) -> bool {
+        self.members
+            .read()
+            .get(&gid)
+            .is_some_and(|s| s.contains(&uid))
+    }
+
+    fn are_friends(&self, a: i64, b: i64) -> bool {
+        self.friends.read().get(&a).is_some_and(|s| s.contains(&b))
+    }
+}
