@@ -45,7 +45,10 @@ mod tests {
     fn client_ids() {
         assert!(valid_client_id("alice", "alice"));
         assert!(valid_client_id("alice-phone_1", "alice"));
-        assert!(valid_client_id(&format!("alice-{}", "x".repeat(64)), "alice"));
+        assert!(valid_client_id(
+            &format!("alice-{}", "x".repeat(64)),
+            "alice"
+        ));
         for bad in [
             "",
             "bob",
@@ -60,7 +63,10 @@ mod tests {
         ] {
             assert!(!valid_client_id(bad, "alice"), "{bad}");
         }
-        assert!(!valid_client_id(&format!("alice-{}", "x".repeat(65)), "alice"));
+        assert!(!valid_client_id(
+            &format!("alice-{}", "x".repeat(65)),
+            "alice"
+        ));
         assert!(!valid_client_id("a/b", "a/b"));
         assert!(!valid_username("Alice"));
         assert!(!valid_username("al"));

@@ -169,9 +169,8 @@ impl EmbeddedBroker {
 
         let mut tasks = Vec::new();
         let guard = Guard::new(shared);
-        let make_server = move |settings: ServerSettings| {
-            Server::new(settings, router_tx.clone(), guard.clone())
-        };
+        let make_server =
+            move |settings: ServerSettings| Server::new(settings, router_tx.clone(), guard.clone());
         let (tcp_addr, task) = start_tcp(cfg.tcp_addr, connections, make_server).await?;
         tasks.push(task);
 

@@ -25,11 +25,11 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
 use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::{
-    ConnectReturnCode, Error, Packet, PubAck, PubAckReason, Protocol, QoS, SubscribeReasonCode,
+    ConnectReturnCode, Error, Packet, Protocol, PubAck, PubAckReason, QoS, SubscribeReasonCode,
 };
-use parking_lot::Mutex;
 use tracing::debug;
 
 use crate::clientid::valid_client_id;
@@ -176,7 +176,8 @@ impl Guard {
         let mut kept = Vec::with_capacity(total);
         let user = self.conn().and_then(|c| c.user_id());
         for (i, mut filter) in subscribe.filters.drain(..).enumerate() {
-            let grant = user.and_then(|u| may_subscribe(u, &filter.path, self.shared.hooks.graph()));
+            let grant =
+                user.and_then(|u| may_subscribe(u, &filter.path, self.shared.hooks.graph()));
             match grant {
                 Some(g) => {
                     // QoS 2 is granted as QoS 1: mqim deduplicates by message id.
@@ -189,7 +190,9 @@ impl Guard {
                 None => {
                     if let Some(conn) = self.conn() {
                         debug!(conn = conn.id, filter = %filter.path, "subscription refused");
-                        self.shared.hooks.denied(conn, Denied::Subscribe(&filter.path));
+                        self.shared
+                            .hooks
+                            .denied(conn, Denied::Subscribe(&filter.path));
                     }
                     refused.push(i);
                 }
@@ -251,7 +254,11 @@ impl Guard {
                     let t = std::str::from_utf8(&topic).unwrap_or("");
                     let ok = may_receive(uid, t, self.shared.hooks.graph());
                     if !ok {
-                        debug!(conn = conn.id, topic = t, "delivery no longer allowed, dropped");
+                        debug!(
+                            conn = conn.id,
+                            topic = t,
+                            "delivery no longer allowed, dropped"
+                        );
                         self.shared.hooks.denied(conn, Denied::Delivery(t));
                     }
                     ok

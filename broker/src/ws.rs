@@ -32,7 +32,10 @@ pub(crate) async fn serve(
     );
     // A request that has not finished its upgrade in time is dropped; the timeout
     // layer bounds the HTTP part of the handshake.
-    let app = app.layer(tower_http_timeout(handshake_timeout));
+    let app = app.layer(axum::middleware::from_fn_with_state(
+        handshake_timeout,
+        deadline,
+    ));
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::warn!(error = %e, "MQTT over WebSocket listener stopped");
@@ -41,29 +44,16 @@ pub(crate) async fn serve(
     Ok((local, task))
 }
 
-fn tower_http_timeout(
-    d: Duration,
-) -> axum::middleware::FromFnLayer<
-    impl Fn(
-            axum::extract::Request,
-            axum::middleware::Next,
-        ) -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = axum::response::Response> + Send>,
-        > + Clone,
-    (),
-    (axum::extract::Request,),
-> {
-    axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
-        Box::pin(async move {
-            match tokio::time::timeout(d, next.run(req)).await {
-                Ok(r) => r,
-                Err(_) => axum::http::StatusCode::REQUEST_TIMEOUT.into_response(),
-            }
-        })
-            as std::pin::Pin<
-                Box<dyn std::future::Future<Output = axum::response::Response> + Send>,
-            >
-    })
+/// Bounds the HTTP part of the WebSocket handshake.
+async fn deadline(
+    axum::extract::State(d): axum::extract::State<Duration>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    match tokio::time::timeout(d, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => axum::http::StatusCode::REQUEST_TIMEOUT.into_response(),
+    }
 }
 
 fn upgrade(ws: WebSocketUpgrade, target: SocketAddr) -> axum::response::Response {
@@ -83,11 +73,7 @@ async fn pipe(socket: WebSocket, target: SocketAddr) {
     let up = async {
         while let Some(Ok(msg)) = ws_rx.next().await {
             match msg {
-                Message::Binary(b) => {
-                    if tcp_tx.write_all(&b).await.is_err() {
-                        break;
-                    }
-                }
+                Message::Binary(b) if tcp_tx.write_all(&b).await.is_err() => break,
                 Message::Close(_) => break,
                 _ => {}
             }

@@ -320,7 +320,10 @@ pub async fn change_password(
     if !hasher.verify(current.to_owned(), Some(phc)).await {
         return Err(ApiError::unauthorized("current password is wrong"));
     }
-    let phc = hasher.hash(new.to_owned()).await.map_err(ApiError::internal)?;
+    let phc = hasher
+        .hash(new.to_owned())
+        .await
+        .map_err(ApiError::internal)?;
     sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3")
         .bind(phc)
         .bind(now_ms())
@@ -348,11 +351,13 @@ pub async fn get_user(db: &Db, id: i64) -> ApiResult<PublicUser> {
 /// # Errors
 /// Database errors.
 pub async fn get_me(db: &Db, id: i64) -> ApiResult<Me> {
-    let row = sqlx::query(&format!("SELECT {USER_COLS}, lat, lon FROM users WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(&db.pool)
-        .await?
-        .ok_or_else(|| ApiError::not_found("user_not_found", "no such user"))?;
+    let row = sqlx::query(&format!(
+        "SELECT {USER_COLS}, lat, lon FROM users WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(&db.pool)
+    .await?
+    .ok_or_else(|| ApiError::not_found("user_not_found", "no such user"))?;
     Ok(Me {
         user: public_user(&row)?,
         lat: row.try_get("lat")?,
@@ -375,7 +380,10 @@ pub async fn update_profile(
     if let Some(n) = nickname {
         check_text("nickname", n, 64)?;
         if n.trim().is_empty() {
-            return Err(ApiError::invalid("invalid_field", "nickname must not be empty"));
+            return Err(ApiError::invalid(
+                "invalid_field",
+                "nickname must not be empty",
+            ));
         }
     }
     if let Some(a) = avatar_url {
@@ -420,13 +428,15 @@ pub async fn set_location(db: &Db, id: i64, lat: f64, lon: f64) -> ApiResult<()>
         ));
     }
     let now = now_ms();
-    sqlx::query("UPDATE users SET lat = $1, lon = $2, location_at = $3, updated_at = $3 WHERE id = $4")
-        .bind(lat)
-        .bind(lon)
-        .bind(now)
-        .bind(id)
-        .execute(&db.pool)
-        .await?;
+    sqlx::query(
+        "UPDATE users SET lat = $1, lon = $2, location_at = $3, updated_at = $3 WHERE id = $4",
+    )
+    .bind(lat)
+    .bind(lon)
+    .bind(now)
+    .bind(id)
+    .execute(&db.pool)
+    .await?;
     Ok(())
 }
 
@@ -436,7 +446,10 @@ pub async fn set_location(db: &Db, id: i64, lat: f64, lon: f64) -> ApiResult<()>
 /// 422 for a radius outside (0, 1000] km; 409 when the caller has not set a location.
 pub async fn nearby(db: &Db, id: i64, radius_km: f64, limit: i64) -> ApiResult<Vec<NearbyUser>> {
     if !(radius_km > 0.0 && radius_km <= 1000.0) {
-        return Err(ApiError::invalid("invalid_radius", "radius_km must be in (0, 1000]"));
+        return Err(ApiError::invalid(
+            "invalid_radius",
+            "radius_km must be in (0, 1000]",
+        ));
     }
     let me = get_me(db, id).await?;
     let (Some(lat), Some(lon)) = (me.lat, me.lon) else {
@@ -482,7 +495,10 @@ pub async fn nearby(db: &Db, id: i64, radius_km: f64, limit: i64) -> ApiResult<V
 pub async fn search(db: &Db, q: &str, limit: i64, offset: i64) -> ApiResult<Vec<PublicUser>> {
     let q = q.trim().to_lowercase();
     if q.is_empty() || q.chars().count() > 64 {
-        return Err(ApiError::invalid("invalid_query", "q must be 1-64 characters"));
+        return Err(ApiError::invalid(
+            "invalid_query",
+            "q must be 1-64 characters",
+        ));
     }
     let pattern = like_prefix(&q);
     let rows = sqlx::query(&format!(
@@ -495,7 +511,9 @@ pub async fn search(db: &Db, q: &str, limit: i64, offset: i64) -> ApiResult<Vec<
     .bind(offset)
     .fetch_all(&db.pool)
     .await?;
-    rows.iter().map(|r| public_user(r).map_err(ApiError::from)).collect()
+    rows.iter()
+        .map(|r| public_user(r).map_err(ApiError::from))
+        .collect()
 }
 
 /// Great-circle distance in km.

@@ -23,16 +23,28 @@ use crate::state::AppState;
 ///
 /// # Errors
 /// Start-up failures: database, migrations, a listener that cannot be bound.
-pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn serve(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let db = Db::connect(&config).await?;
     db.migrate().await?;
     info!(database = %redact_url(&config.database_url()), backend = ?db.backend, "database ready");
 
-    let graph = Arc::new(SocialGraph::load(&db).await.context("loading social graph")?);
+    let graph = Arc::new(
+        SocialGraph::load(&db)
+            .await
+            .context("loading social graph")?,
+    );
     let metrics = Arc::new(Metrics::default());
     let (inbound_tx, inbound_rx) = mpsc::unbounded_channel();
-    let hooks = Arc::new(ServiceHooks::new(db.clone(), graph.clone(), metrics.clone(), inbound_tx));
+    let hooks = Arc::new(ServiceHooks::new(
+        db.clone(),
+        graph.clone(),
+        metrics.clone(),
+        inbound_tx,
+    ));
 
     let connect_timeout = Duration::from_secs(config.mqtt.connect_timeout_secs);
     let broker = EmbeddedBroker::start(
@@ -86,7 +98,10 @@ pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = (
     info!("shutting down");
     broker.shutdown();
     let _ = stop_tx.send(());
-    if tokio::time::timeout(Duration::from_secs(10), server).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .is_err()
+    {
         tracing::warn!("HTTP requests still running after 10 s; stopping anyway");
     }
     dispatcher.abort();

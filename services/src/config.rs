@@ -145,14 +145,24 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         let url = &self.database.url;
-        if !(url.is_empty() || url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return bad(format!("database.url must start with sqlite: or postgres://, got {:?}", redact_url(url)));
+        if !(url.is_empty()
+            || url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return bad(format!(
+                "database.url must start with sqlite: or postgres://, got {:?}",
+                redact_url(url)
+            ));
         }
         if self.database.max_connections == 0 {
             return bad("database.max_connections must be at least 1".into());
         }
         if !self.mqtt.ws_addr.is_empty() && self.mqtt.ws_addr.parse::<SocketAddr>().is_err() {
-            return bad(format!("mqtt.ws_addr {:?} is not an address like 0.0.0.0:8083", self.mqtt.ws_addr));
+            return bad(format!(
+                "mqtt.ws_addr {:?} is not an address like 0.0.0.0:8083",
+                self.mqtt.ws_addr
+            ));
         }
         if !self.mqtt.ws_path.starts_with('/') {
             return bad("mqtt.ws_path must start with /".into());
@@ -182,7 +192,10 @@ impl Config {
     /// The database URL in effect (SQLite under the data directory when unset).
     pub fn database_url(&self) -> String {
         if self.database.url.is_empty() {
-            format!("sqlite://{}?mode=rwc", self.data_dir.join("mqim.db").display())
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("mqim.db").display()
+            )
         } else {
             self.database.url.clone()
         }
@@ -238,7 +251,10 @@ mod tests {
 
     #[test]
     fn redacts_passwords() {
-        assert_eq!(redact_url("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(
+            redact_url("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
         assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
     }
 }

@@ -57,14 +57,38 @@ impl Default for Metrics {
             frames_in: Family::default(),
             registry: Registry::default(),
         };
-        registry.register("mqtt_connections", "Open authenticated MQTT connections", m.mqtt_connections.clone());
-        registry.register("mqtt_connects", "MQTT connections accepted", m.mqtt_connects.clone());
-        registry.register("mqtt_auth_failures", "MQTT CONNECTs refused", m.mqtt_auth_failures.clone());
-        registry.register("mqtt_denied", "Packets refused by the topic rules", m.mqtt_denied.clone());
+        registry.register(
+            "mqtt_connections",
+            "Open authenticated MQTT connections",
+            m.mqtt_connections.clone(),
+        );
+        registry.register(
+            "mqtt_connects",
+            "MQTT connections accepted",
+            m.mqtt_connects.clone(),
+        );
+        registry.register(
+            "mqtt_auth_failures",
+            "MQTT CONNECTs refused",
+            m.mqtt_auth_failures.clone(),
+        );
+        registry.register(
+            "mqtt_denied",
+            "Packets refused by the topic rules",
+            m.mqtt_denied.clone(),
+        );
         registry.register("logins", "Password logins by outcome", m.logins.clone());
         registry.register("registrations", "Accounts created", m.registrations.clone());
-        registry.register("http_requests", "HTTP requests by method and status", m.http_requests.clone());
-        registry.register("frames_in", "Frames received from clients by type", m.frames_in.clone());
+        registry.register(
+            "http_requests",
+            "HTTP requests by method and status",
+            m.http_requests.clone(),
+        );
+        registry.register(
+            "frames_in",
+            "Frames received from clients by type",
+            m.frames_in.clone(),
+        );
         Metrics { registry, ..m }
     }
 }

@@ -1,1 +1,257 @@
+//! Test harness: starts the real `mqim` binary on ephemeral ports with a fresh data
+//! directory (and, when `TEST_POSTGRES_URL` names a PostgreSQL server, a fresh
+//! database on it), and drives it with real clients: reqwest, rumqttc, and
+//! `mosquitto_pub`/`mosquitto_sub`.
+//!
+//! The server is found by the log lines SPEC §1 promises (`… listening on ADDR`).
+#![allow(clippy::unwrap_used)]
 
+pub mod http;
+pub mod mqtt;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub use http::{Http, TestUser};
+pub use mqtt::{MqttClient, MqttError};
+
+/// Generous bound for anything that should happen "at once".
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A running server.
+pub struct Server {
+    child: Option<Child>,
+    /// Data directory (kept across restarts).
+    pub data_dir: tempfile::TempDir,
+    /// Database URL given to the server.
+    pub database_url: String,
+    /// Extra environment for the server process.
+    pub env: Vec<(String, String)>,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// MQTT over TCP.
+    pub mqtt_addr: SocketAddr,
+    /// MQTT over WebSocket (`ws://ADDR/mqtt`).
+    pub ws_addr: SocketAddr,
+    /// Log lines of the current process.
+    pub logs: Arc<Mutex<Vec<String>>>,
+    /// HTTP client bound to `base`.
+    pub http: Http,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Path of the `mqim` binary built by cargo next to the test executable.
+pub fn binary() -> PathBuf {
+    if let Ok(p) = std::env::var("MQIM_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/it-xxxx → target/<profile>/mqim
+    exe.parent().unwrap().parent().unwrap().join("mqim")
+}
+
+/// Whether tests run in CI (tools must then be present, not skipped).
+pub fn in_ci() -> bool {
+    std::env::var_os("CI").is_some()
+}
+
+/// Whether an external tool is on PATH; in CI a missing tool fails the test instead.
+pub fn have_tool(name: &str) -> bool {
+    let found = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !found {
+        assert!(!in_ci(), "{name} is required in CI (.ci/run installs it)");
+        eprintln!("SKIPPED PART: {name} not installed");
+    }
+    found
+}
+
+async fn fresh_database_url(data_dir: &std::path::Path) -> String {
+    match std::env::var("TEST_POSTGRES_URL") {
+        Ok(admin) if admin.starts_with("postgres") => {
+            let name = format!(
+                "mqim_test_{}_{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            );
+            use sqlx::Connection;
+            let mut c = sqlx::PgConnection::connect(&admin).await.unwrap();
+            sqlx::Executor::execute(&mut c, format!("CREATE DATABASE {name}").as_str())
+                .await
+                .unwrap();
+            let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+            format!("{base}/{name}")
+        }
+        _ => format!("sqlite://{}?mode=rwc", data_dir.join("mqim.db").display()),
+    }
+}
+
+/// Starts a server with default settings.
+pub async fn start_server() -> Server {
+    start_server_with(&[]).await
+}
+
+/// Starts a server with extra environment variables (e.g. `MQIM_LIMITS__MAX_FRIENDS`).
+pub async fn start_server_with(env: &[(&str, &str)]) -> Server {
+    let data_dir = tempfile::tempdir().unwrap();
+    let database_url = fresh_database_url(data_dir.path()).await;
+    let mut s = Server {
+        child: None,
+        data_dir,
+        database_url,
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        base: String::new(),
+        mqtt_addr: "127.0.0.1:1".parse().unwrap(),
+        ws_addr: "127.0.0.1:1".parse().unwrap(),
+        logs: Arc::default(),
+        http: Http::new(""),
+    };
+    s.spawn().await;
+    s
+}
+
+impl Server {
+    async fn spawn(&mut self) {
+        let mut cmd = Command::new(binary());
+        cmd.arg("serve")
+            .env("MQIM_HTTP_ADDR", "127.0.0.1:0")
+            .env("MQIM_MQTT_ADDR", "127.0.0.1:0")
+            .env("MQIM_WS_ADDR", "127.0.0.1:0")
+            .env("MQIM_DATA_DIR", self.data_dir.path())
+            .env("MQIM_DATABASE_URL", &self.database_url)
+            .env("MQIM_ADMIN_TOKEN", "test-admin-token-0123456789")
+            .env("RUST_LOG", "info,mqim=debug,rumqttd=off")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start mqim (is it built?)");
+        let logs: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let logs = logs.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stream).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if std::env::var_os("MQIM_TEST_LOG").is_some() {
+                        eprintln!("[mqim] {line}");
+                    }
+                    logs.lock().unwrap().push(line.clone());
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        drop(tx);
+        let (mut http, mut mqtt, mut ws) = (None, None, None);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while http.is_none() || mqtt.is_none() || ws.is_none() {
+            let line = tokio::time::timeout_at(deadline, rx.recv())
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| {
+                    panic!(
+                        "server did not start; log:\n{}",
+                        logs.lock().unwrap().join("\n")
+                    )
+                });
+            if !line.contains("listening on") {
+                continue;
+            }
+            let addr = line.rsplit("listening on ").next().unwrap_or("");
+            let addr: SocketAddr = addr
+                .trim()
+                .trim_end_matches("/mqtt")
+                .parse()
+                .unwrap_or_else(|_| panic!("cannot parse address in {line:?}"));
+            if line.contains("mqtt-ws listening") {
+                ws = Some(addr);
+            } else if line.contains("mqtt listening") {
+                mqtt = Some(addr);
+            } else if line.contains("http listening") {
+                http = Some(addr);
+            }
+        }
+        self.base = format!("http://{}", http.unwrap());
+        self.mqtt_addr = mqtt.unwrap();
+        self.ws_addr = ws.unwrap();
+        self.http = Http::new(&self.base);
+        self.logs = logs;
+        self.child = Some(child);
+    }
+
+    /// Stops the server with SIGTERM (graceful) and waits for it to exit.
+    pub async fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        if let Some(pid) = child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        tokio::time::timeout(Duration::from_secs(20), child.wait())
+            .await
+            .expect("server exits within 20 s of SIGTERM")
+            .unwrap()
+    }
+
+    /// Kills the server with SIGKILL (no chance to flush anything).
+    pub async fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.start_kill().unwrap();
+        let _ = child.wait().await;
+    }
+
+    /// Starts the server again on the same data directory and database (new ports).
+    pub async fn start_again(&mut self) {
+        assert!(self.child.is_none(), "stop or kill first");
+        self.spawn().await;
+    }
+
+    /// Graceful stop, then start again.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.start_again().await;
+    }
+
+    /// Registers a user (password `password-<username>`).
+    pub async fn register(&self, username: &str) -> TestUser {
+        self.http.register(username).await
+    }
+
+    /// Connects a rumqttc client for `user` with client id `user` or `user-<device>`.
+    pub async fn mqtt(&self, user: &TestUser, device: Option<&str>) -> MqttClient {
+        let id = match device {
+            Some(d) => format!("{}-{d}", user.username),
+            None => user.username.clone(),
+        };
+        MqttClient::connect(self.mqtt_addr, &id, &user.username, &user.token)
+            .await
+            .unwrap_or_else(|e| panic!("MQTT connect of {id} failed: {e:?}"))
+    }
+
+    /// The server's log so far.
+    pub fn log_text(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+}

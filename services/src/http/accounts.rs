@@ -70,7 +70,10 @@ pub struct LoginRequest {
 /// POST /api/v1/auth/login — exchange username and password for a new token.
 #[utoipa::path(post, path = "/auth/login", tag = "auth", request_body = LoginRequest,
     responses((status = 200, body = Session), (status = 401, body = ErrorBody)))]
-async fn login(State(st): State<AppState>, Json(req): Json<LoginRequest>) -> ApiResult<axum::Json<Session>> {
+async fn login(
+    State(st): State<AppState>,
+    Json(req): Json<LoginRequest>,
+) -> ApiResult<axum::Json<Session>> {
     let r = accounts::login(
         &st.db,
         &st.hasher,
@@ -114,7 +117,11 @@ pub struct PatchMe {
 /// PATCH /api/v1/me — change nickname, avatar URL or bio.
 #[utoipa::path(patch, path = "/me", tag = "profile", security(("bearer" = [])), request_body = PatchMe,
     responses((status = 200, body = Me), (status = 422, body = ErrorBody)))]
-async fn patch_me(State(st): State<AppState>, Auth(me): Auth, Json(p): Json<PatchMe>) -> ApiResult<axum::Json<Me>> {
+async fn patch_me(
+    State(st): State<AppState>,
+    Auth(me): Auth,
+    Json(p): Json<PatchMe>,
+) -> ApiResult<axum::Json<Me>> {
     let m = accounts::update_profile(
         &st.db,
         me.user_id,
@@ -144,8 +151,14 @@ async fn change_password(
     Auth(me): Auth,
     Json(p): Json<PasswordChange>,
 ) -> ApiResult<StatusCode> {
-    let revoked =
-        accounts::change_password(&st.db, &st.hasher, &me, &p.current_password, &p.new_password).await?;
+    let revoked = accounts::change_password(
+        &st.db,
+        &st.hasher,
+        &me,
+        &p.current_password,
+        &p.new_password,
+    )
+    .await?;
     st.close_token_connections(&revoked);
     Ok(StatusCode::NO_CONTENT)
 }
@@ -162,7 +175,11 @@ pub struct Location {
 /// PUT /api/v1/me/location — report where the caller is, for "people nearby".
 #[utoipa::path(put, path = "/me/location", tag = "profile", security(("bearer" = [])), request_body = Location,
     responses((status = 204), (status = 422, body = ErrorBody)))]
-async fn set_location(State(st): State<AppState>, Auth(me): Auth, Json(l): Json<Location>) -> ApiResult<StatusCode> {
+async fn set_location(
+    State(st): State<AppState>,
+    Auth(me): Auth,
+    Json(l): Json<Location>,
+) -> ApiResult<StatusCode> {
     accounts::set_location(&st.db, me.user_id, l.lat, l.lon).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -186,7 +203,9 @@ async fn nearby(
 ) -> ApiResult<axum::Json<Vec<NearbyUser>>> {
     let l = &st.config.limits;
     let limit = q.limit.unwrap_or(l.page_size).clamp(1, l.max_page_size);
-    Ok(axum::Json(accounts::nearby(&st.db, me.user_id, q.radius_km, limit).await?))
+    Ok(axum::Json(
+        accounts::nearby(&st.db, me.user_id, q.radius_km, limit).await?,
+    ))
 }
 
 /// Query of `GET /users`.
@@ -221,6 +240,10 @@ async fn search_users(
 #[utoipa::path(get, path = "/users/{id}", tag = "users", security(("bearer" = [])),
     params(("id" = i64, Path, description = "User id")),
     responses((status = 200, body = PublicUser), (status = 404, body = ErrorBody)))]
-async fn get_user(State(st): State<AppState>, Auth(_me): Auth, Path(id): Path<i64>) -> ApiResult<axum::Json<PublicUser>> {
+async fn get_user(
+    State(st): State<AppState>,
+    Auth(_me): Auth,
+    Path(id): Path<i64>,
+) -> ApiResult<axum::Json<PublicUser>> {
     Ok(axum::Json(accounts::get_user(&st.db, id).await?))
 }

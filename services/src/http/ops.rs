@@ -24,17 +24,26 @@ async fn healthz() -> impl IntoResponse {
 /// GET /readyz — the database answers and the broker's publisher is running.
 async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
     let db = st.db.ping().await;
-    let status = if db { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if db {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (
         status,
-        axum::Json(serde_json::json!({"status": if db {"ready"} else {"not_ready"}, "database": db, "broker": true})),
+        axum::Json(
+            serde_json::json!({"status": if db {"ready"} else {"not_ready"}, "database": db, "broker": true}),
+        ),
     )
 }
 
 /// GET /metrics — Prometheus text format.
 async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         st.metrics.render(),
     )
 }

@@ -50,7 +50,10 @@ async fn handle(state: &AppState, inb: Inbound) {
                 &ServerFrame::error(
                     id,
                     "unsupported",
-                    format!("{} frames are not handled by this server version", other.kind()),
+                    format!(
+                        "{} frames are not handled by this server version",
+                        other.kind()
+                    ),
                 ),
             );
         }

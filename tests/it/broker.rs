@@ -1,0 +1,393 @@
+//! The embedded broker: token-authenticated CONNECT, client id rules, hostile client ids,
+//! revocation closing connections, WebSocket, and topic rules (issues 2 and 3).
+
+use std::time::Duration;
+
+use mqim_proto::{ClientFrame, Format, ServerFrame};
+use mqim_tests::{have_tool, start_server, MqttClient, MqttError, WAIT};
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+
+#[tokio::test]
+async fn connect_needs_a_valid_token_and_an_own_client_id() {
+    let s = start_server().await;
+    let a = s.register("alice").await;
+    let b = s.register("bob").await;
+    // Own username and a device suffix work, several devices at once.
+    let c1 = s.mqtt(&a, None).await;
+    let c2 = s.mqtt(&a, Some("phone_2")).await;
+
+    let refused = |r: Result<MqttClient, MqttError>| matches!(r, Err(MqttError::Refused(_)));
+    // Garbage token, another user's token, no token.
+    assert!(refused(
+        MqttClient::connect(s.mqtt_addr, "alice-x", "alice", "garbage").await
+    ));
+    assert!(refused(
+        MqttClient::connect(s.mqtt_addr, "alice-y", "alice", &b.token).await
+    ));
+    // A client id belonging to another user.
+    assert!(refused(
+        MqttClient::connect(s.mqtt_addr, "bob", "alice", &a.token).await
+    ));
+    assert!(refused(
+        MqttClient::connect(s.mqtt_addr, "bob-dev", "alice", &a.token).await
+    ));
+    // Malformed client ids.
+    for id in [
+        "",
+        "alice-",
+        "alicex",
+        "alice-a.b",
+        &format!("alice-{}", "x".repeat(65)),
+    ] {
+        assert!(
+            refused(MqttClient::connect(s.mqtt_addr, id, "alice", &a.token).await),
+            "{id:?}"
+        );
+    }
+    // Existing connections are unaffected.
+    drop((c1, c2));
+    let _ = s.mqtt(&b, None).await;
+}
+
+#[tokio::test]
+async fn hostile_client_ids_do_not_lock_the_listener() {
+    let s = start_server().await;
+    let a = s.register("alice").await;
+    let long = "x".repeat(10 * 1024);
+    for id in [
+        "a/b",
+        "x+",
+        "x#",
+        "$x",
+        "alice-a/b",
+        "alice-x+",
+        "alice-$x",
+        long.as_str(),
+        "a/b",
+        "alice-a/b",
+    ] {
+        // Each twice: rumqttd's bug needed the same bad id twice.
+        for _ in 0..2 {
+            let r = MqttClient::connect(s.mqtt_addr, id, "alice", &a.token).await;
+            assert!(
+                matches!(r, Err(MqttError::Refused(_))),
+                "{} accepted",
+                &id[..id.len().min(20)]
+            );
+            let r = MqttClient::connect(s.mqtt_addr, id, id, &a.token).await;
+            assert!(matches!(r, Err(MqttError::Refused(_))));
+        }
+    }
+    // A connection that drops right after CONNECT, twice with the same id.
+    for _ in 0..2 {
+        let mut sock = tokio::net::TcpStream::connect(s.mqtt_addr).await.unwrap();
+        sock.write_all(&connect_packet("alice-drop", "alice", &a.token))
+            .await
+            .unwrap();
+        drop(sock);
+    }
+    // The listener still accepts everyone, repeatedly and with the same id.
+    for _ in 0..3 {
+        let c = s.mqtt(&a, Some("drop")).await;
+        c.disconnect().await;
+    }
+    let b = s.register("bob").await;
+    let _ = s.mqtt(&b, None).await;
+}
+
+/// A raw MQTT 3.1.1 CONNECT packet.
+fn connect_packet(client_id: &str, user: &str, pass: &str) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0b1100_0010, 0, 30];
+    for s in [client_id, user, pass] {
+        body.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        body.extend_from_slice(s.as_bytes());
+    }
+    let mut p = vec![0x10];
+    let mut len = body.len();
+    loop {
+        let mut b = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            b |= 0x80;
+        }
+        p.push(b);
+        if len == 0 {
+            break;
+        }
+    }
+    p.extend(body);
+    p
+}
+
+#[tokio::test]
+async fn revoking_a_token_closes_its_connections_at_once() {
+    let s = start_server().await;
+    let a = s.register("alice").await;
+    let (st, body) = s
+        .http
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/auth/login",
+            None,
+            Some(json!({"username": "alice", "password": a.password})),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let second = body["token"].as_str().unwrap().to_owned();
+    let mut keep = s.mqtt(&a, Some("keep")).await;
+    let mut gone = MqttClient::connect(s.mqtt_addr, "alice-gone", "alice", &second)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.http
+            .post("/api/v1/auth/logout", &second, json!({}))
+            .await
+            .0,
+        204
+    );
+    assert!(
+        gone.closed_within(WAIT).await.is_some(),
+        "revoked token's connection stays open"
+    );
+    assert!(keep
+        .closed_within(Duration::from_millis(300))
+        .await
+        .is_none());
+    // And it cannot connect again.
+    assert!(matches!(
+        MqttClient::connect(s.mqtt_addr, "alice-gone", "alice", &second).await,
+        Err(MqttError::Refused(_))
+    ));
+    // Password change closes every other token's connections.
+    let (_, body) = s
+        .http
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/auth/login",
+            None,
+            Some(json!({"username": "alice", "password": a.password})),
+        )
+        .await;
+    let third = body["token"].as_str().unwrap().to_owned();
+    let mut c3 = MqttClient::connect(s.mqtt_addr, "alice-three", "alice", &third)
+        .await
+        .unwrap();
+    let r = s
+        .http
+        .put(
+            "/api/v1/me/password",
+            &a.token,
+            json!({"current_password": a.password, "new_password": "new-password-1"}),
+        )
+        .await;
+    assert_eq!(r.0, 204);
+    assert!(c3.closed_within(WAIT).await.is_some());
+    assert!(keep
+        .closed_within(Duration::from_millis(300))
+        .await
+        .is_none());
+}
+
+#[tokio::test]
+async fn ping_over_mqtt_and_bad_frames_get_errors() {
+    let s = start_server().await;
+    let a = s.register("alice").await;
+    let mut c = s.mqtt(&a, None).await;
+    let inbox = format!("im/u/{}/in/+", a.id);
+    assert_eq!(c.subscribe_ok(&[&inbox]).await, [true]);
+    c.send_frame(a.id, Format::Json, &ClientFrame::Ping {})
+        .await;
+    let (_, f) = c
+        .recv_frame_where(|f| matches!(f, ServerFrame::Pong {}))
+        .await;
+    assert_eq!(f, ServerFrame::Pong {});
+    c.send_frame(a.id, Format::Pb, &ClientFrame::Ping {}).await;
+    c.recv_frame_where(|f| matches!(f, ServerFrame::Pong {}))
+        .await;
+    // Garbage in both formats: an error frame, and the connection stays usable.
+    c.publish(&format!("im/u/{}/out/json", a.id), "{not json")
+        .await;
+    let (_, f) = c
+        .recv_frame_where(|f| matches!(f, ServerFrame::Error { .. }))
+        .await;
+    assert!(
+        matches!(f, ServerFrame::Error { ref code, .. } if code == "bad_frame"),
+        "{f:?}"
+    );
+    c.publish(&format!("im/u/{}/out/pb", a.id), vec![0xff, 0xff, 0xff])
+        .await;
+    c.recv_frame_where(|f| matches!(f, ServerFrame::Error { code, .. } if code == "bad_frame"))
+        .await;
+    c.send_frame(a.id, Format::Json, &ClientFrame::Ping {})
+        .await;
+    c.recv_frame_where(|f| matches!(f, ServerFrame::Pong {}))
+        .await;
+}
+
+#[tokio::test]
+async fn websocket_clients_work_and_a_stalled_handshake_blocks_nobody() {
+    let s = start_server().await;
+    let a = s.register("alice").await;
+    // An idle TCP socket on the WebSocket port, and one that sent half a handshake.
+    let _idle = tokio::net::TcpStream::connect(s.ws_addr).await.unwrap();
+    let mut half = tokio::net::TcpStream::connect(s.ws_addr).await.unwrap();
+    half.write_all(b"GET /mqtt HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+
+    let mut opts = rumqttc::MqttOptions::new(
+        "alice-ws",
+        format!("ws://{}/mqtt", s.ws_addr),
+        s.ws_addr.port(),
+    );
+    opts.set_transport(rumqttc::Transport::Ws);
+    opts.set_credentials("alice", &a.token);
+    opts.set_keep_alive(Duration::from_secs(5));
+    let mut ws = MqttClient::connect_with(opts)
+        .await
+        .expect("WebSocket client connects past stalled sockets");
+    let inbox = format!("im/u/{}/in/json", a.id);
+    assert_eq!(ws.subscribe_ok(&[&inbox, "#"]).await, [true, false]);
+    ws.send_frame(a.id, Format::Json, &ClientFrame::Ping {})
+        .await;
+    ws.recv_frame_where(|f| matches!(f, ServerFrame::Pong {}))
+        .await;
+
+    // Bad credentials over WebSocket are refused too.
+    let mut opts = rumqttc::MqttOptions::new(
+        "alice-ws2",
+        format!("ws://{}/mqtt", s.ws_addr),
+        s.ws_addr.port(),
+    );
+    opts.set_transport(rumqttc::Transport::Ws);
+    opts.set_credentials("alice", "nope");
+    assert!(MqttClient::connect_with(opts).await.is_err());
+}
+
+#[tokio::test]
+async fn mosquitto_clients_authenticate_with_tokens() {
+    if !have_tool("mosquitto_sub") {
+        return;
+    }
+    let s = start_server().await;
+    let a = s.register("alice").await;
+    let port = s.mqtt_addr.port().to_string();
+    // A wrong token: mosquitto_sub gives up with an error.
+    let out = tokio::process::Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-i",
+            "alice-cli",
+            "-u",
+            "alice",
+            "-P",
+            "wrong",
+            "-t",
+            "x",
+            "-W",
+            "3",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    // The right token: subscribe to the inbox and receive a pong for a ping sent with
+    // mosquitto_pub.
+    let inbox = format!("im/u/{}/in/json", a.id);
+    let mut sub = tokio::process::Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-i",
+            "alice-cli",
+            "-u",
+            "alice",
+            "-P",
+            &a.token,
+            "-q",
+            "1",
+            "-t",
+            &inbox,
+            "-C",
+            "1",
+            "-W",
+            "10",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the subscription to be active (the connection is visible in metrics).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let m = s
+            .http
+            .client
+            .get(format!("{}/metrics", s.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if m.contains("mqim_mqtt_connections 1") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "mosquitto_sub never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let outbox = format!("im/u/{}/out/json", a.id);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let out = loop {
+        let st = tokio::process::Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-i",
+                "alice-pub",
+                "-u",
+                "alice",
+                "-P",
+                &a.token,
+                "-q",
+                "1",
+                "-t",
+                &outbox,
+                "-m",
+                r#"{"type":"ping"}"#,
+            ])
+            .status()
+            .await
+            .unwrap();
+        assert!(st.success());
+        if let Ok(r) = tokio::time::timeout(Duration::from_millis(500), wait_child(&mut sub)).await
+        {
+            break r;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no pong reached mosquitto_sub"
+        );
+    };
+    assert!(out.contains(r#""type":"pong""#), "{out}");
+}
+
+async fn wait_child(child: &mut tokio::process::Child) -> String {
+    use tokio::io::AsyncReadExt;
+    let _ = child.wait().await;
+    let mut s = String::new();
+    if let Some(mut o) = child.stdout.take() {
+        let _ = o.read_to_string(&mut s).await;
+    }
+    s
+}

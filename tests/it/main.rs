@@ -1,0 +1,6 @@
+//! End-to-end tests. One test binary (faster to build than one per file); each test
+//! starts its own server on ephemeral ports.
+#![allow(clippy::unwrap_used)]
+
+mod accounts;
+mod broker;
