@@ -1,7 +1,9 @@
-//! In-memory view of friendships and group memberships, for the topic rules.
+//! In-memory view of friendships, group memberships and blocks, for the topic rules
+//! and the messaging hot path.
 //!
 //! The broker checks these on every SUBSCRIBE and every group or presence publish it
-//! writes to a client, so they must be memory lookups. The view is loaded from the
+//! writes to a client, and every sent message checks friendship or membership and
+//! blocks, so they must be memory lookups. The view is loaded from the
 //! database at start-up and updated by the social service right after each change
 //! commits (the database stays the source of truth).
 
@@ -17,6 +19,8 @@ use crate::db::Db;
 pub struct SocialGraph {
     friends: RwLock<HashMap<i64, HashSet<i64>>>,
     members: RwLock<HashMap<i64, HashSet<i64>>>,
+    /// blocker → the users they block.
+    blocks: RwLock<HashMap<i64, HashSet<i64>>>,
 }
 
 impl SocialGraph {
@@ -49,7 +53,42 @@ impl SocialGraph {
                 m.entry(gid).or_default().insert(uid);
             }
         }
+        let rows = sqlx::query("SELECT user_id, blocked_id FROM blocks")
+            .fetch_all(&db.pool)
+            .await?;
+        {
+            let mut b = g.blocks.write();
+            for r in rows {
+                let (blocker, blocked): (i64, i64) = (r.try_get(0)?, r.try_get(1)?);
+                b.entry(blocker).or_default().insert(blocked);
+            }
+        }
         Ok(g)
+    }
+
+    /// Records that `blocker` blocks `blocked`.
+    pub fn add_block(&self, blocker: i64, blocked: i64) {
+        self.blocks
+            .write()
+            .entry(blocker)
+            .or_default()
+            .insert(blocked);
+    }
+
+    /// Forgets that `blocker` blocks `blocked`.
+    pub fn remove_block(&self, blocker: i64, blocked: i64) {
+        if let Some(s) = self.blocks.write().get_mut(&blocker) {
+            s.remove(&blocked);
+        }
+    }
+
+    /// Whether `blocker` blocks `blocked` (who then may neither message nor send
+    /// requests to `blocker`).
+    pub fn is_blocked(&self, blocker: i64, blocked: i64) -> bool {
+        self.blocks
+            .read()
+            .get(&blocker)
+            .is_some_and(|s| s.contains(&blocked))
     }
 
     /// Records a friendship (both directions).

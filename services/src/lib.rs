@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod mqtt;
 pub mod passwords;
 pub mod push;
+pub mod social;
 pub mod state;
 pub mod tokens;
 

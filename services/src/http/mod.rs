@@ -7,6 +7,7 @@
 
 pub mod accounts;
 pub mod extract;
+pub mod friends;
 pub mod ops;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -47,7 +48,9 @@ impl Modify for BearerAuth {
 /// The `/api/v1` routes with their documentation (used by the router and by tests
 /// that check the document is complete).
 pub fn api() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().merge(accounts::router())
+    OpenApiRouter::new()
+        .merge(accounts::router())
+        .merge(friends::router())
 }
 
 /// The whole HTTP application.
