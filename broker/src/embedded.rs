@@ -141,6 +141,11 @@ impl EmbeddedBroker {
         let shared = Arc::new(Shared {
             hooks,
             registry: registry.clone(),
+            closer: std::sync::OnceLock::new(),
+        });
+        let _ = shared.closer.set(Closer {
+            linker: linker.clone(),
+            registry: registry.clone(),
         });
 
         let mut connections = ConnectionSettings {

@@ -35,7 +35,7 @@ use tracing::debug;
 use crate::clientid::valid_client_id;
 use crate::hooks::{Denied, Hooks};
 use crate::registry::{Connection, Registry};
-use crate::topics::{may_publish, may_receive, may_subscribe, Grant};
+use crate::topics::{may_publish, may_receive, may_subscribe, Fmt, Grant};
 
 /// Topic every client publish is rewritten to. Subscribing to it is refused like any
 /// other topic outside the rules, so nothing published there is ever delivered.
@@ -45,6 +45,21 @@ pub const SINK_TOPIC: &str = "mqim/sink";
 pub(crate) struct Shared {
     pub(crate) hooks: Arc<dyn Hooks>,
     pub(crate) registry: Arc<Registry>,
+    /// Set once the broker runs; used to close an older connection of the same
+    /// client id (session takeover, which rumqttd no longer does for us because
+    /// every connection has its own internal id).
+    pub(crate) closer: std::sync::OnceLock<crate::embedded::Closer>,
+}
+
+/// Prefix of the per-device topics: `mqim/d/{uid}/{client_id}/{fmt}`. A device that
+/// subscribes to its inbox is also subscribed, invisibly, to its device topic, so the
+/// service can send one device its backlog without sending it to the user's other
+/// devices. The guard rewrites these publishes to the inbox topic on the way out.
+pub const DEVICE_TOPIC_PREFIX: &str = "mqim/d/";
+
+/// The device topic of `client_id` of user `uid` in format `fmt`.
+pub fn device_topic(uid: i64, client_id: &str, fmt: crate::topics::Fmt) -> String {
+    format!("{DEVICE_TOPIC_PREFIX}{uid}/{client_id}/{}", fmt.leaf())
 }
 
 /// Ends the connection's registration when the connection task drops its codec.
@@ -77,9 +92,21 @@ struct State {
     pending: VecDeque<Packet>,
     /// Outgoing QoS 1 publishes in the order written; rumqttd accepts acks only in order.
     inflight: VecDeque<(u16, Inflight)>,
-    /// Per SUBSCRIBE packet id: the original number of filters, which positions were
-    /// refused, and the grants of the accepted ones.
-    subscribes: HashMap<u16, (usize, Vec<usize>, Vec<Grant>)>,
+    /// Per SUBSCRIBE packet id: what to tell the client and the service when its
+    /// SUBACK comes back.
+    subscribes: HashMap<u16, PendingSub>,
+}
+
+struct PendingSub {
+    /// Number of filters the client sent.
+    total: usize,
+    /// Positions refused by the rules.
+    refused: Vec<usize>,
+    /// Grants of the accepted filters, with their QoS.
+    grants: Vec<(Grant, u8)>,
+    /// Hidden device-topic filters appended after the client's (their codes are
+    /// removed from the SUBACK).
+    hidden: usize,
 }
 
 /// The per-connection protocol wrapper (see the module docs).
@@ -174,6 +201,7 @@ impl Guard {
         let mut refused = Vec::new();
         let mut grants = Vec::new();
         let mut kept = Vec::with_capacity(total);
+        let mut hidden = Vec::new();
         let user = self.conn().and_then(|c| c.user_id());
         for (i, mut filter) in subscribe.filters.drain(..).enumerate() {
             let grant =
@@ -184,7 +212,17 @@ impl Guard {
                     if filter.qos == QoS::ExactlyOnce {
                         filter.qos = QoS::AtLeastOnce;
                     }
-                    grants.push(g);
+                    if let (Grant::Inbox { uid, fmt }, Some(conn)) = (g, self.conn()) {
+                        let mut h = filter.clone();
+                        h.path = device_topic(uid, &conn.client_id, fmt.unwrap_or(Fmt::Json));
+                        if !hidden
+                            .iter()
+                            .any(|x: &rumqttd::protocol::Filter| x.path == h.path)
+                        {
+                            hidden.push(h);
+                        }
+                    }
+                    grants.push((g, filter.qos as u8));
                     kept.push(filter);
                 }
                 None => {
@@ -198,11 +236,18 @@ impl Guard {
                 }
             }
         }
+        let n_hidden = hidden.len();
+        kept.extend(hidden);
         subscribe.filters = kept;
-        self.state
-            .get_mut()
-            .subscribes
-            .insert(subscribe.pkid, (total, refused, grants));
+        self.state.get_mut().subscribes.insert(
+            subscribe.pkid,
+            PendingSub {
+                total,
+                refused,
+                grants,
+                hidden: n_hidden,
+            },
+        );
         Packet::Subscribe(subscribe, props)
     }
 
@@ -238,9 +283,18 @@ impl Guard {
     }
 
     fn write_publish(&self, packet: Packet, out: &mut BytesMut) -> Result<usize, Error> {
-        let Packet::Publish(publish, _props) = packet else {
+        let Packet::Publish(mut publish, _props) = packet else {
             return V4.write(packet, out);
         };
+        // Device-topic publishes go out on the inbox topic, to their own device only.
+        let mut device_ok = None;
+        if publish.topic.starts_with(DEVICE_TOPIC_PREFIX.as_bytes()) {
+            let inbox = self.conn().and_then(|c| device_to_inbox(c, &publish.topic));
+            device_ok = Some(inbox.is_some());
+            if let Some(t) = inbox {
+                publish.topic = Bytes::from(t);
+            }
+        }
         let start = out.len();
         let topic = publish.topic.clone();
         let payload = publish.payload.clone();
@@ -252,7 +306,8 @@ impl Guard {
             Some(conn) => match conn.user_id() {
                 Some(uid) => {
                     let t = std::str::from_utf8(&topic).unwrap_or("");
-                    let ok = may_receive(uid, t, self.shared.hooks.graph());
+                    let ok =
+                        device_ok.unwrap_or_else(|| may_receive(uid, t, self.shared.hooks.graph()));
                     if !ok {
                         debug!(
                             conn = conn.id,
@@ -291,7 +346,15 @@ impl Guard {
         };
         let entry = self.state.lock().subscribes.remove(&suback.pkid);
         let mut grants = Vec::new();
-        if let Some((total, refused, g)) = entry {
+        if let Some(PendingSub {
+            total,
+            refused,
+            grants: g,
+            hidden,
+        }) = entry
+        {
+            let visible = suback.return_codes.len().saturating_sub(hidden);
+            suback.return_codes.truncate(visible);
             let mut accepted = suback.return_codes.into_iter();
             let mut codes = Vec::with_capacity(total);
             for i in 0..total {
@@ -306,8 +369,8 @@ impl Guard {
         }
         let n = V4.write(Packet::SubAck(suback, None), out)?;
         if let Some(conn) = self.conn() {
-            for g in grants {
-                self.shared.hooks.subscribed(conn, g);
+            for (g, qos) in grants {
+                self.shared.hooks.subscribed(conn, g, qos);
             }
         }
         Ok(n)
@@ -343,6 +406,10 @@ impl Protocol for Guard {
                 if success {
                     if let Some(conn) = self.conn() {
                         if !conn.set_online(true) {
+                            if let Some(closer) = self.shared.closer.get() {
+                                let (id, client) = (conn.id, conn.client_id.clone());
+                                closer.close_where(|c| c.client_id == client && c.id != id);
+                            }
                             self.shared.hooks.connected(conn);
                         }
                     }
@@ -359,6 +426,22 @@ impl Protocol for Guard {
             other => V4.write(other, out),
         }
     }
+}
+
+/// The inbox topic a device-topic publish is for, if it is for this connection.
+fn device_to_inbox(conn: &Connection, topic: &[u8]) -> Option<String> {
+    let rest = std::str::from_utf8(topic)
+        .ok()?
+        .strip_prefix(DEVICE_TOPIC_PREFIX)?;
+    let mut it = rest.split('/');
+    let uid: i64 = it.next()?.parse().ok()?;
+    let client = it.next()?;
+    let leaf = it.next()?;
+    let fmt = Fmt::from_leaf(leaf)?;
+    if it.next().is_some() || conn.user_id() != Some(uid) || client != conn.client_id {
+        return None;
+    }
+    Some(format!("im/u/{uid}/in/{}", fmt.leaf()))
 }
 
 /// Reads QoS and packet id from an encoded PUBLISH (`Publish` keeps them crate-private).

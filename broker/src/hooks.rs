@@ -45,8 +45,9 @@ pub trait Hooks: Send + Sync + 'static {
     /// routed by the broker.
     fn frame(&self, _conn: &Arc<Connection>, _fmt: Fmt, _payload: Bytes) {}
 
-    /// A subscription was granted and is now active (its SUBACK was written).
-    fn subscribed(&self, _conn: &Arc<Connection>, _grant: Grant) {}
+    /// A subscription was granted at `qos` and is now active (its SUBACK was written).
+    /// For an inbox grant the device's own device topic is active too.
+    fn subscribed(&self, _conn: &Arc<Connection>, _grant: Grant, _qos: u8) {}
 
     /// The device acknowledged (PUBACK) a QoS 1 publish the broker wrote to it.
     fn delivered(&self, _conn: &Arc<Connection>, _topic: &Bytes, _payload: &Bytes) {}

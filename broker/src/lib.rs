@@ -22,7 +22,7 @@ pub mod topics;
 mod ws;
 
 pub use embedded::{BrokerConfig, BrokerError, Closer, EmbeddedBroker, Publisher};
-pub use guard::SINK_TOPIC;
+pub use guard::{device_topic, DEVICE_TOPIC_PREFIX, SINK_TOPIC};
 pub use hooks::{BoxFuture, Denied, Hooks};
 pub use registry::{now_ms, Connection, Principal, Registry};
 pub use topics::{AccessGraph, Fmt, Grant, Topic};

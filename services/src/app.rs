@@ -67,13 +67,21 @@ pub async fn serve(
         info!("mqtt-ws listening on {}{}", ws, config.mqtt.ws_path);
     }
 
+    let push = Push::new(broker.publisher());
+    let messaging = crate::messaging::Messaging::start(
+        db.clone(),
+        graph.clone(),
+        push.clone(),
+        config.messages.clone(),
+    );
     let state = AppState {
         config: config.clone(),
         db: db.clone(),
         hasher: Hasher::new(config.auth.hash_concurrency),
         metrics,
         graph,
-        push: Push::new(broker.publisher()),
+        push,
+        messaging,
         closer: broker.closer(),
         connections: broker.registry().clone(),
         started: Instant::now(),

@@ -35,7 +35,20 @@ pub struct Config {
     pub auth: AuthConfig,
     pub admin: AdminConfig,
     pub limits: LimitsConfig,
+    pub messages: MessagesConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessagesConfig {
+    pub max_content_bytes: usize,
+    pub recall_window_secs: i64,
+    pub rate_per_sec: f64,
+    pub rate_burst: f64,
+    pub batch_max: usize,
+    pub backlog_max_per_conversation: i64,
+    pub backlog_window: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -182,6 +195,16 @@ impl Config {
         }
         if l.page_size < 1 || l.max_page_size < l.page_size {
             return bad("limits.page_size must be ≥ 1 and ≤ limits.max_page_size".into());
+        }
+        let m = &self.messages;
+        if m.max_content_bytes == 0
+            || m.rate_per_sec <= 0.0
+            || m.rate_burst < 1.0
+            || m.batch_max == 0
+            || m.backlog_window == 0
+            || m.backlog_max_per_conversation < 1
+        {
+            return bad("messages limits must be positive".into());
         }
         if !matches!(self.log.format.as_str(), "pretty" | "json") {
             return bad("log.format must be \"pretty\" or \"json\"".into());

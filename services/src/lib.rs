@@ -16,6 +16,7 @@ pub mod db;
 pub mod error;
 pub mod graph;
 pub mod http;
+pub mod messaging;
 pub mod metrics;
 pub mod mqtt;
 pub mod passwords;

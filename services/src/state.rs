@@ -31,6 +31,8 @@ pub struct AppState {
     pub closer: Closer,
     /// Live MQTT connections.
     pub connections: Arc<Registry>,
+    /// Messages: storage, delivery, offline backlog.
+    pub messaging: Arc<crate::messaging::Messaging>,
     /// Process start, for uptime.
     pub started: Instant,
 }

@@ -4,4 +4,5 @@
 
 mod accounts;
 mod broker;
+mod messages;
 mod friends;

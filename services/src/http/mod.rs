@@ -8,6 +8,7 @@
 pub mod accounts;
 pub mod extract;
 pub mod friends;
+pub mod messages;
 pub mod ops;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -51,6 +52,7 @@ pub fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(accounts::router())
         .merge(friends::router())
+        .merge(messages::router())
 }
 
 /// The whole HTTP application.

@@ -1,61 +1,237 @@
-//! Decodes and answers client frames.
+//! Handles what the broker reports, in order: client frames, subscriptions (offline
+//! delivery), acknowledgements (device cursors), connects and disconnects.
 //!
-//! Every frame is decoded and validated; a bad one gets an `error` frame with code
-//! `bad_frame` on the sender's inbox and nothing else happens: the connection stays
-//! open and no other client is affected.
+//! Every frame is decoded and validated; a bad one gets an `error` frame (code
+//! `bad_frame`, or the rule that refused it) on the sender's inbox and nothing else
+//! happens: the connection stays open and no other client is affected.
 
-use mqim_broker::Fmt;
-use mqim_proto::{decode_client, peek_client_msg_id, ClientFrame, Format, ServerFrame};
+use mqim_broker::{Connection, Grant};
+use mqim_proto::{
+    decode_client, peek_client_msg_id, ClientFrame, ConversationId, ReceiptKind, ServerFrame,
+};
 use tokio::sync::mpsc;
 
 use super::Inbound;
+use crate::error::{ApiError, ApiResult};
+use crate::messaging::delivery::format_of;
+use crate::messaging::{store, SendRequest};
 use crate::metrics::Metrics;
 use crate::state::AppState;
 
-fn format_of(f: Fmt) -> Format {
-    match f {
-        Fmt::Json => Format::Json,
-        Fmt::Pb => Format::Pb,
-    }
-}
-
 /// Runs until the inbound channel closes.
 pub async fn run(state: AppState, mut rx: mpsc::UnboundedReceiver<Inbound>) {
-    while let Some(inb) = rx.recv().await {
-        handle(&state, inb).await;
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            Inbound::Frame { conn, fmt, payload } => {
+                let Some(uid) = conn.user_id() else { continue };
+                let fmt = format_of(fmt);
+                let frame =
+                    match decode_client(fmt, &payload).and_then(|f| f.validate().map(|()| f)) {
+                        Ok(f) => f,
+                        Err(e) => {
+                            Metrics::inc(&state.metrics.frames_in, "bad_frame");
+                            let id = peek_client_msg_id(fmt, &payload);
+                            state.push.to_user(uid, &e.to_server_frame(id));
+                            continue;
+                        }
+                    };
+                Metrics::inc(&state.metrics.frames_in, frame.kind());
+                let id = frame.client_msg_id().map(str::to_owned);
+                if let Err(e) = handle(&state, &conn, uid, frame).await {
+                    state
+                        .push
+                        .to_user(uid, &ServerFrame::error(id, e.code, e.message));
+                }
+            }
+            Inbound::Subscribed { conn, grant, qos } => {
+                if let Grant::Inbox { fmt, .. } = grant {
+                    state.messaging.delivery.drain(
+                        conn,
+                        fmt.unwrap_or(mqim_broker::Fmt::Json),
+                        qos,
+                    );
+                }
+            }
+            Inbound::Delivered {
+                conn,
+                topic,
+                payload,
+            } => {
+                state.messaging.delivery.delivered(&conn, &topic, &payload);
+            }
+            Inbound::Connected(_) => {}
+            Inbound::Disconnected(conn) => state.messaging.delivery.forget(&conn),
+        }
     }
 }
 
-async fn handle(state: &AppState, inb: Inbound) {
-    let Some(uid) = inb.conn.user_id() else {
-        return;
-    };
-    let fmt = format_of(inb.fmt);
-    let frame = match decode_client(fmt, &inb.payload).and_then(|f| f.validate().map(|()| f)) {
-        Ok(f) => f,
-        Err(e) => {
-            Metrics::inc(&state.metrics.frames_in, "bad_frame");
-            let id = peek_client_msg_id(fmt, &inb.payload);
-            state.push.to_user(uid, &e.to_server_frame(id));
-            return;
-        }
-    };
-    Metrics::inc(&state.metrics.frames_in, frame.kind());
+fn conversation(cid: &str) -> ApiResult<ConversationId> {
+    ConversationId::parse(cid).map_err(|e| ApiError::invalid("bad_frame", e.to_string()))
+}
+
+async fn handle(
+    state: &AppState,
+    conn: &Connection,
+    uid: i64,
+    frame: ClientFrame,
+) -> ApiResult<()> {
+    let m = &state.messaging;
     match frame {
         ClientFrame::Ping {} => state.push.to_user(uid, &ServerFrame::Pong {}),
-        other => {
-            let id = other.client_msg_id().map(str::to_owned);
-            state.push.to_user(
-                uid,
-                &ServerFrame::error(
-                    id,
-                    "unsupported",
-                    format!(
-                        "{} frames are not handled by this server version",
-                        other.kind()
-                    ),
+        ClientFrame::Send {
+            client_msg_id,
+            to_user,
+            to_group,
+            msg_type,
+            content,
+            reply_to,
+        } => {
+            let req = SendRequest {
+                client_msg_id,
+                to_user,
+                to_group,
+                msg_type,
+                content,
+                reply_to,
+            };
+            let msg = m.authorize(uid, &req).await?;
+            m.submit(msg, false).await?;
+        }
+        ClientFrame::Receipt {
+            conversation_id,
+            seq,
+            kind,
+        } => {
+            let cid = conversation(&conversation_id)?;
+            if !m.participant(uid, &cid) {
+                return Err(ApiError::forbidden("not_member", "not your conversation"));
+            }
+            match kind {
+                ReceiptKind::Delivered => {
+                    m.delivery
+                        .advance(uid, &conn.client_id, conversation_id.clone(), seq)
+                }
+                ReceiptKind::Read => store::mark_read(m.db(), uid, &conversation_id, seq).await?,
+            }
+            relay_receipt(state, uid, &cid, &conversation_id, seq, kind).await?;
+        }
+        ClientFrame::Typing { to_user, to_group } => {
+            let (cid, ok) = match (to_user, to_group) {
+                (Some(to), None) => {
+                    let cid = ConversationId::direct(uid, to);
+                    (
+                        cid,
+                        mqim_broker::AccessGraph::are_friends(state.graph.as_ref(), uid, to),
+                    )
+                }
+                (None, Some(g)) => (
+                    ConversationId::group(g),
+                    m.participant(uid, &ConversationId::group(g)),
                 ),
-            );
+                _ => {
+                    return Err(ApiError::invalid(
+                        "bad_frame",
+                        "exactly one of to_user and to_group",
+                    ))
+                }
+            };
+            if !ok {
+                return Err(ApiError::forbidden(
+                    if to_user.is_some() {
+                        "not_friends"
+                    } else {
+                        "not_member"
+                    },
+                    "you cannot type to this conversation",
+                ));
+            }
+            let f = ServerFrame::Typing {
+                from: uid,
+                to_user,
+                to_group,
+                conversation_id: cid.to_string(),
+            };
+            match to_user {
+                Some(to) => state.push.to_user(to, &f),
+                None => m.to_conversation(&cid, &f),
+            }
+        }
+        ClientFrame::Recall { message_id } => {
+            crate::messaging::recall(state, uid, message_id).await?
+        }
+        ClientFrame::Sync {
+            conversation_id,
+            after_seq,
+            limit,
+        } => {
+            let limit = i64::from(limit.unwrap_or(100).clamp(1, 500));
+            let f = match conversation_id {
+                Some(c) => {
+                    let cid = conversation(&c)?;
+                    if !m.participant(uid, &cid) {
+                        return Err(ApiError::forbidden("not_member", "not your conversation"));
+                    }
+                    let (messages, has_more) =
+                        store::history(m.db(), &c, after_seq, None, limit).await?;
+                    ServerFrame::SyncResult {
+                        messages,
+                        has_more,
+                        conversation_id: Some(c),
+                    }
+                }
+                None => {
+                    // Everything this device has not acknowledged, across conversations.
+                    let convs = m.delivery.positions(uid, &conn.client_id).await?;
+                    let mut messages = Vec::new();
+                    let mut has_more = false;
+                    for c in convs.iter().filter(|c| c.last_seq > c.base) {
+                        let mut p = store::pending(m.db(), c, limit).await?;
+                        let room = limit as usize - messages.len();
+                        if p.len() > room {
+                            p.truncate(room);
+                            has_more = true;
+                        }
+                        messages.extend(p);
+                        if messages.len() as i64 >= limit {
+                            has_more = true;
+                            break;
+                        }
+                    }
+                    ServerFrame::SyncResult {
+                        messages,
+                        has_more,
+                        conversation_id: None,
+                    }
+                }
+            };
+            state.push.to_user(uid, &f);
         }
     }
+    Ok(())
+}
+
+/// Tells the other side of a receipt: the peer of a one-to-one conversation, or the
+/// sender of that message in a group.
+async fn relay_receipt(
+    state: &AppState,
+    uid: i64,
+    cid: &ConversationId,
+    conversation_id: &str,
+    seq: i64,
+    kind: ReceiptKind,
+) -> ApiResult<()> {
+    let f = ServerFrame::Receipt {
+        conversation_id: conversation_id.to_owned(),
+        seq,
+        kind,
+        from: uid,
+    };
+    let to = match cid.peer_of(uid) {
+        Some(peer) => Some(peer),
+        None => store::sender_of(state.messaging.db(), conversation_id, seq).await?,
+    };
+    if let Some(to) = to.filter(|&t| t != uid) {
+        state.push.to_user(to, &f);
+    }
+    Ok(())
 }

@@ -6,7 +6,7 @@ pub mod dispatch;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use mqim_broker::{AccessGraph, BoxFuture, Connection, Denied, Fmt, Hooks, Principal};
+use mqim_broker::{AccessGraph, BoxFuture, Connection, Denied, Fmt, Grant, Hooks, Principal};
 use tokio::sync::mpsc;
 
 use crate::accounts;
@@ -14,15 +14,40 @@ use crate::db::Db;
 use crate::graph::SocialGraph;
 use crate::metrics::Metrics;
 
-/// A frame a client published on its own `out` topic.
+/// What the broker tells the service, in order, through one channel.
 #[derive(Debug)]
-pub struct Inbound {
-    /// The sending connection (bound to its user).
-    pub conn: Arc<Connection>,
-    /// Format of the topic it came on.
-    pub fmt: Fmt,
-    /// Raw payload, not yet decoded.
-    pub payload: Bytes,
+pub enum Inbound {
+    /// A frame a client published on its own `out` topic (raw, not yet decoded).
+    Frame {
+        /// The sending connection (bound to its user).
+        conn: Arc<Connection>,
+        /// Format of the topic it came on.
+        fmt: Fmt,
+        /// Raw payload.
+        payload: Bytes,
+    },
+    /// A subscription became active.
+    Subscribed {
+        /// The connection.
+        conn: Arc<Connection>,
+        /// What it covers.
+        grant: Grant,
+        /// Its QoS.
+        qos: u8,
+    },
+    /// The device acknowledged a QoS 1 publish.
+    Delivered {
+        /// The connection.
+        conn: Arc<Connection>,
+        /// Topic of the publish.
+        topic: Bytes,
+        /// Payload of the publish.
+        payload: Bytes,
+    },
+    /// The device came online.
+    Connected(Arc<Connection>),
+    /// The device went offline.
+    Disconnected(Arc<Connection>),
 }
 
 /// Implements the broker's [`Hooks`] for mqim.
@@ -87,15 +112,33 @@ impl Hooks for ServiceHooks {
         self.metrics.mqtt_connects.inc();
         self.metrics.mqtt_connections.inc();
         tracing::debug!(conn = conn.id, client_id = %conn.client_id, "MQTT connected");
+        let _ = self.inbound.send(Inbound::Connected(conn.clone()));
     }
 
     fn disconnected(&self, conn: &Arc<Connection>) {
         self.metrics.mqtt_connections.dec();
         tracing::debug!(conn = conn.id, client_id = %conn.client_id, "MQTT disconnected");
+        let _ = self.inbound.send(Inbound::Disconnected(conn.clone()));
+    }
+
+    fn subscribed(&self, conn: &Arc<Connection>, grant: Grant, qos: u8) {
+        let _ = self.inbound.send(Inbound::Subscribed {
+            conn: conn.clone(),
+            grant,
+            qos,
+        });
+    }
+
+    fn delivered(&self, conn: &Arc<Connection>, topic: &Bytes, payload: &Bytes) {
+        let _ = self.inbound.send(Inbound::Delivered {
+            conn: conn.clone(),
+            topic: topic.clone(),
+            payload: payload.clone(),
+        });
     }
 
     fn frame(&self, conn: &Arc<Connection>, fmt: Fmt, payload: Bytes) {
-        let _ = self.inbound.send(Inbound {
+        let _ = self.inbound.send(Inbound::Frame {
             conn: conn.clone(),
             fmt,
             payload,

@@ -1,0 +1,67 @@
+-- Messages, per-conversation sequence numbers, read state and per-device delivery.
+-- Times are unix milliseconds.
+
+-- One row per conversation: "u:{a}:{b}" (a < b) or "g:{gid}". last_seq is the seq of
+-- the newest message; the next message takes last_seq + 1 in the same transaction,
+-- so seqs have no gaps and follow commit order.
+CREATE TABLE conversations (
+    id          TEXT    PRIMARY KEY,
+    -- The two users of a one-to-one conversation (NULL for groups).
+    user_a      BIGINT,
+    user_b      BIGINT,
+    -- The group of a group conversation (NULL for one-to-one).
+    group_id    BIGINT,
+    last_seq    BIGINT NOT NULL DEFAULT 0,
+    updated_at  BIGINT NOT NULL
+);
+CREATE INDEX conversations_user_a_idx ON conversations (user_a);
+CREATE INDEX conversations_user_b_idx ON conversations (user_b);
+CREATE INDEX conversations_group_idx ON conversations (group_id);
+
+CREATE TABLE messages (
+    id               BIGSERIAL PRIMARY KEY,
+    conversation_id  TEXT    NOT NULL REFERENCES conversations (id),
+    seq              BIGINT NOT NULL,
+    sender_id        BIGINT NOT NULL REFERENCES users (id),
+    to_user          BIGINT,
+    to_group         BIGINT,
+    -- text | image | voice | video | file | location | custom
+    msg_type         TEXT    NOT NULL,
+    content          TEXT    NOT NULL,
+    -- The sender's idempotency key: a repeated send returns the stored message.
+    client_msg_id    TEXT    NOT NULL,
+    reply_to         BIGINT,
+    created_at       BIGINT NOT NULL,
+    -- Set when recalled; the content is then cleared.
+    recalled_at      BIGINT,
+    CONSTRAINT messages_conversation_seq_key UNIQUE (conversation_id, seq),
+    CONSTRAINT messages_sender_client_msg_id_key UNIQUE (sender_id, client_msg_id)
+);
+
+-- How far each user has read each conversation (drives unread counts).
+CREATE TABLE read_state (
+    user_id          BIGINT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    conversation_id  TEXT    NOT NULL,
+    read_seq         BIGINT NOT NULL,
+    updated_at       BIGINT NOT NULL,
+    CONSTRAINT read_state_pkey PRIMARY KEY (user_id, conversation_id)
+);
+
+-- Devices (MQTT client ids) seen per user.
+CREATE TABLE devices (
+    user_id     BIGINT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    client_id   TEXT    NOT NULL,
+    first_seen  BIGINT NOT NULL,
+    last_seen   BIGINT NOT NULL,
+    CONSTRAINT devices_pkey PRIMARY KEY (user_id, client_id)
+);
+
+-- Highest seq of each conversation a device has acknowledged (QoS 1 PUBACK or a
+-- "delivered" receipt); offline delivery resumes after it.
+CREATE TABLE device_cursors (
+    user_id          BIGINT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    client_id        TEXT    NOT NULL,
+    conversation_id  TEXT    NOT NULL,
+    acked_seq        BIGINT NOT NULL,
+    CONSTRAINT device_cursors_pkey PRIMARY KEY (user_id, client_id, conversation_id)
+);

@@ -1,0 +1,230 @@
+//! Offline delivery and device cursors.
+//!
+//! A device's position in each conversation is the highest seq it acknowledged (a QoS 1
+//! PUBACK seen by the broker guard, or a `delivered` receipt). Cursor updates are
+//! coalesced and written every few milliseconds; if the process dies before a write,
+//! those messages are sent again on the next connect (at least once, never lost).
+//!
+//! When a device subscribes to its inbox, its backlog — every message of its
+//! conversations after its cursor (for a device seen the first time: after the user's
+//! read position), oldest first per conversation — is published on the device's own
+//! device topic, so only that device gets it. At most `backlog_window` messages wait
+//! for PUBACK at once, which keeps the broker's per-connection queue (100 in flight)
+//! and its per-topic log from overflowing on a large backlog.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mqim_broker::{device_topic, Connection, Fmt};
+use mqim_proto::{encode_server, peek_message, Format, ServerFrame};
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, Notify};
+
+use super::store::{self, CursorKey};
+use crate::config::MessagesConfig;
+use crate::db::Db;
+use crate::push::Push;
+
+/// How long a backlog waits for a silent device before checking it is still there.
+const ACK_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+struct Track {
+    acked: AtomicU64,
+    notify: Notify,
+}
+
+/// Offline delivery and cursor bookkeeping.
+pub struct Delivery {
+    db: Db,
+    push: Push,
+    cfg: MessagesConfig,
+    cursors: mpsc::UnboundedSender<(CursorKey, i64)>,
+    /// Cursor positions acknowledged but not yet written, so a device that reconnects
+    /// within those milliseconds is not sent them again.
+    unsaved: Arc<Mutex<HashMap<CursorKey, i64>>>,
+    tracks: Mutex<HashMap<u64, Arc<Track>>>,
+}
+
+/// Maps the broker's format to the frame codec's.
+pub fn format_of(f: Fmt) -> Format {
+    match f {
+        Fmt::Json => Format::Json,
+        Fmt::Pb => Format::Pb,
+    }
+}
+
+impl Delivery {
+    /// Starts the cursor writer.
+    pub fn start(db: Db, push: Push, cfg: MessagesConfig) -> Arc<Delivery> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let unsaved = Arc::new(Mutex::new(HashMap::new()));
+        tokio::spawn(cursor_writer(db.clone(), rx, unsaved.clone()));
+        Arc::new(Delivery {
+            db,
+            push,
+            cfg,
+            cursors: tx,
+            unsaved,
+            tracks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The device acknowledged a publish; if it was a message, its cursor advances.
+    pub fn delivered(&self, conn: &Connection, topic: &[u8], payload: &[u8]) {
+        let fmt = if topic.ends_with(b"/pb") {
+            Format::Pb
+        } else {
+            Format::Json
+        };
+        if let Some(t) = self.tracks.lock().get(&conn.id) {
+            t.acked.fetch_add(1, Ordering::Relaxed);
+            t.notify.notify_one();
+        }
+        let (Some(uid), Some((cid, seq))) = (conn.user_id(), peek_message(fmt, payload)) else {
+            return;
+        };
+        self.advance(uid, &conn.client_id, cid, seq);
+    }
+
+    /// Records that device `client_id` of `uid` has `seq` of conversation `cid`.
+    pub fn advance(&self, uid: i64, client_id: &str, cid: String, seq: i64) {
+        let key = CursorKey {
+            uid,
+            client_id: client_id.to_owned(),
+            conversation_id: cid,
+        };
+        {
+            let mut u = self.unsaved.lock();
+            let e = u.entry(key.clone()).or_insert(seq);
+            *e = (*e).max(seq);
+        }
+        let _ = self.cursors.send((key, seq));
+    }
+
+    /// Conversations of a device with positions acknowledged but not yet written
+    /// folded in.
+    pub async fn positions(
+        &self,
+        uid: i64,
+        client_id: &str,
+    ) -> Result<Vec<store::ConvState>, sqlx::Error> {
+        let mut convs = store::conversations_of(&self.db, uid, Some(client_id)).await?;
+        let u = self.unsaved.lock();
+        for c in &mut convs {
+            let key = CursorKey {
+                uid,
+                client_id: client_id.to_owned(),
+                conversation_id: c.id.clone(),
+            };
+            if let Some(&seq) = u.get(&key) {
+                c.base = c.base.max(seq);
+            }
+        }
+        Ok(convs)
+    }
+
+    /// The connection ended.
+    pub fn forget(&self, conn: &Connection) {
+        self.tracks.lock().remove(&conn.id);
+    }
+
+    /// Sends the device its backlog in `fmt` (see the module docs). Runs in its own
+    /// task; a second call while one runs for the connection does nothing.
+    pub fn drain(self: &Arc<Self>, conn: Arc<Connection>, fmt: Fmt, qos: u8) {
+        let track = {
+            let mut tracks = self.tracks.lock();
+            if tracks.contains_key(&conn.id) {
+                return;
+            }
+            let t = Arc::new(Track::default());
+            tracks.insert(conn.id, t.clone());
+            t
+        };
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.run_drain(&conn, fmt, qos, &track).await {
+                tracing::warn!(error = %e, conn = conn.id, "offline delivery failed");
+            }
+            let mut tracks = me.tracks.lock();
+            if tracks.get(&conn.id).is_some_and(|t| Arc::ptr_eq(t, &track)) {
+                tracks.remove(&conn.id);
+            }
+        });
+    }
+
+    async fn run_drain(
+        &self,
+        conn: &Connection,
+        fmt: Fmt,
+        qos: u8,
+        track: &Track,
+    ) -> Result<(), sqlx::Error> {
+        let Some(uid) = conn.user_id() else {
+            return Ok(());
+        };
+        store::touch_device(&self.db, uid, &conn.client_id).await?;
+        let topic = device_topic(uid, &conn.client_id, fmt);
+        let convs = self.positions(uid, &conn.client_id).await?;
+        let window = self.cfg.backlog_window as u64;
+        let mut sent: u64 = 0;
+        let mut total = 0usize;
+        for c in convs.iter().filter(|c| c.last_seq > c.base) {
+            let msgs = store::pending(&self.db, c, self.cfg.backlog_max_per_conversation).await?;
+            for m in msgs {
+                if !conn.is_online() {
+                    return Ok(());
+                }
+                if qos > 0 {
+                    while sent.saturating_sub(track.acked.load(Ordering::Relaxed)) >= window {
+                        let waited = tokio::time::timeout(ACK_WAIT, track.notify.notified()).await;
+                        if waited.is_err() && !conn.is_online() {
+                            return Ok(());
+                        }
+                    }
+                }
+                let payload = encode_server(format_of(fmt), &ServerFrame::Message(m));
+                self.push.publisher().publish(topic.clone(), payload, false);
+                sent += 1;
+                total += 1;
+            }
+        }
+        if total > 0 {
+            tracing::debug!(conn = conn.id, total, "backlog sent");
+        }
+        Ok(())
+    }
+}
+
+/// Coalesces cursor updates (highest seq per device and conversation) and writes them
+/// in one transaction every few milliseconds.
+async fn cursor_writer(
+    db: Db,
+    mut rx: mpsc::UnboundedReceiver<(CursorKey, i64)>,
+    unsaved: Arc<Mutex<HashMap<CursorKey, i64>>>,
+) {
+    let mut pending: HashMap<CursorKey, i64> = HashMap::new();
+    while let Some((k, seq)) = rx.recv().await {
+        pending.insert(k, seq);
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(20);
+        while let Ok(Some((k, seq))) = tokio::time::timeout_at(deadline, rx.recv()).await {
+            let e = pending.entry(k).or_insert(seq);
+            *e = (*e).max(seq);
+        }
+        let batch: Vec<_> = pending.drain().collect();
+        match store::save_cursors(&db, &batch).await {
+            Ok(()) => {
+                // Written: forget what the database now has (unless it moved on).
+                let mut u = unsaved.lock();
+                for (k, seq) in &batch {
+                    if u.get(k).is_some_and(|&v| v <= *seq) {
+                        u.remove(k);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, n = batch.len(), "saving device cursors failed"),
+        }
+    }
+}

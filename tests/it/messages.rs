@@ -1,0 +1,657 @@
+//! Messages end to end (issue 5): live delivery in both formats, idempotent send,
+//! receipts, typing, recall, sync, REST, offline delivery across restarts and kill -9.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use mqim_proto::{ClientFrame, Format, MsgType, ReceiptKind, ServerFrame};
+use mqim_tests::{have_tool, start_server, start_server_with, MqttClient, Server, TestUser, WAIT};
+use serde_json::json;
+
+async fn befriend(s: &Server, a: &TestUser, b: &TestUser) {
+    let r = s
+        .http
+        .post(
+            "/api/v1/friends/requests",
+            &a.token,
+            json!({"user_id": b.id}),
+        )
+        .await;
+    assert_eq!(r.0, 201, "{}", r.1);
+    let id = r.1["id"].as_i64().unwrap();
+    let r = s
+        .http
+        .post(
+            &format!("/api/v1/friends/requests/{id}/accept"),
+            &b.token,
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.0, 200, "{}", r.1);
+}
+
+fn text(cmid: &str, to: i64, content: &str) -> ClientFrame {
+    ClientFrame::Send {
+        client_msg_id: cmid.into(),
+        to_user: Some(to),
+        to_group: None,
+        msg_type: MsgType::Text,
+        content: content.into(),
+        reply_to: None,
+    }
+}
+
+async fn inbox_client(s: &Server, u: &TestUser, device: &str, fmt: &str) -> MqttClient {
+    let mut c = s.mqtt(u, Some(device)).await;
+    let t = format!("im/u/{}/in/{fmt}", u.id);
+    assert_eq!(c.subscribe_ok(&[&t]).await, [true]);
+    c
+}
+
+fn is_ack(f: &ServerFrame) -> bool {
+    matches!(f, ServerFrame::Ack { .. })
+}
+
+fn is_msg(f: &ServerFrame) -> bool {
+    matches!(f, ServerFrame::Message(_))
+}
+
+#[tokio::test]
+async fn live_one_to_one_in_both_formats_with_ack_and_dedup() {
+    let s = start_server().await;
+    let a = s.register("alice").await;
+    let b = s.register("bob").await;
+    befriend(&s, &a, &b).await;
+    let mut sender = inbox_client(&s, &a, "phone", "json").await;
+    let mut bj = inbox_client(&s, &b, "web", "json").await;
+    let mut bp = inbox_client(&s, &b, "app", "pb").await;
+
+    sender
+        .send_frame(a.id, Format::Json, &text("m-1", b.id, "hello"))
+        .await;
+    let (_, ack) = sender.recv_frame_where(is_ack).await;
+    let ServerFrame::Ack {
+        id,
+        seq,
+        ref conversation_id,
+        ..
+    } = ack
+    else {
+        unreachable!()
+    };
+    assert_eq!(seq, 1);
+    assert_eq!(
+        conversation_id,
+        &format!("u:{}:{}", a.id.min(b.id), a.id.max(b.id))
+    );
+    for c in [&mut bj, &mut bp] {
+        let (r, f) = c.recv_frame_where(is_msg).await;
+        let ServerFrame::Message(m) = f else {
+            unreachable!()
+        };
+        assert_eq!(
+            (m.id, m.seq, m.from, m.to_user, m.content.as_str()),
+            (id, 1, a.id, Some(b.id), "hello")
+        );
+        assert_eq!(m.client_msg_id, "m-1");
+        assert!(r.topic.ends_with(if r.topic.ends_with("pb") {
+            "/pb"
+        } else {
+            "/json"
+        }));
+    }
+    // The JSON frame is readable as plain JSON too.
+    // A repeated client_msg_id: the same ack, nothing new stored or delivered.
+    sender
+        .send_frame(a.id, Format::Pb, &text("m-1", b.id, "hello again"))
+        .await;
+    let (_, ack2) = sender.recv_frame_where(is_ack).await;
+    assert_eq!(ack, ack2);
+    bj.expect_nothing(Duration::from_millis(400)).await;
+    // A second message gets seq 2.
+    sender
+        .send_frame(a.id, Format::Json, &text("m-2", b.id, "second"))
+        .await;
+    let (_, f) = bj.recv_frame_where(is_msg).await;
+    assert!(matches!(f, ServerFrame::Message(ref m) if m.seq == 2 && m.content == "second"));
+    let r = s
+        .http
+        .get(
+            &format!("/api/v1/conversations/{conversation_id}/messages"),
+            &b.token,
+        )
+        .await;
+    assert_eq!(r.0, 200, "{}", r.1);
+    let seqs: Vec<i64> = r.1["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, [1, 2]);
+}
+
+#[tokio::test]
+async fn bad_sends_get_error_frames_store_nothing_and_keep_the_connection() {
+    let s = start_server_with(&[
+        ("MQIM_MESSAGES__MAX_CONTENT_BYTES", "100"),
+        ("MQIM_MESSAGES__RATE_BURST", "12"),
+        ("MQIM_MESSAGES__RATE_PER_SEC", "0.01"),
+    ])
+    .await;
+    let a = s.register("alice").await;
+    let b = s.register("bob").await;
+    let stranger = s.register("carl").await;
+    befriend(&s, &a, &b).await;
+    let mut c = inbox_client(&s, &a, "phone", "json").await;
+    let out = format!("im/u/{}/out/json", a.id);
+
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"{not json".to_vec(), "bad_frame"),
+        (br#"{"type":"launch_missiles"}"#.to_vec(), "bad_frame"),
+        (br#"{"type":"send","client_msg_id":"x1","to_user":2}"#.to_vec(), "bad_frame"),
+        (serde_json::to_vec(&text("x2", stranger.id, "hi")).unwrap(), "not_friends"),
+        (serde_json::to_vec(&text("x3", 999_999, "hi")).unwrap(), "user_not_found"),
+        (serde_json::to_vec(&text("x4", b.id, &"y".repeat(101))).unwrap(), "too_large"),
+        (br#"{"type":"send","client_msg_id":"x5","to_group":424242,"msg_type":"text","content":"hi"}"#.to_vec(), "group_not_found"),
+        (br#"{"type":"recall","message_id":777777}"#.to_vec(), "message_not_found"),
+    ];
+    for (payload, code) in &cases {
+        c.publish(&out, payload.clone()).await;
+        let (_, f) = c
+            .recv_frame_where(|f| matches!(f, ServerFrame::Error { .. }))
+            .await;
+        let ServerFrame::Error {
+            code: got, message, ..
+        } = f
+        else {
+            unreachable!()
+        };
+        assert_eq!(
+            &got,
+            code,
+            "for {}: {message}",
+            String::from_utf8_lossy(payload)
+        );
+    }
+    // Blocked by the recipient.
+    assert_eq!(
+        s.http
+            .put(&format!("/api/v1/blocks/{}", a.id), &b.token, json!({}))
+            .await
+            .0,
+        204
+    );
+    c.send_frame(a.id, Format::Json, &text("x6", b.id, "hi"))
+        .await;
+    c.recv_frame_where(|f| matches!(f, ServerFrame::Error { code, .. } if code == "blocked"))
+        .await;
+    assert_eq!(
+        s.http
+            .delete(&format!("/api/v1/blocks/{}", a.id), &b.token)
+            .await
+            .0,
+        204
+    );
+    // Nothing was stored.
+    let r = s.http.get("/api/v1/conversations", &a.token).await;
+    assert_eq!(r.1.as_array().unwrap().len(), 0, "{}", r.1);
+    // The rate limit: the burst allows a few sends, then rate_limited.
+    let mut limited = false;
+    for i in 0..20 {
+        c.send_frame(a.id, Format::Json, &text(&format!("r{i}"), b.id, "x"))
+            .await;
+        let (_, f) = c
+            .recv_frame_where(|f| is_ack(f) || matches!(f, ServerFrame::Error { .. }))
+            .await;
+        if matches!(f, ServerFrame::Error { ref code, .. } if code == "rate_limited") {
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "rate limit never hit");
+    // Still usable.
+    c.send_frame(a.id, Format::Json, &ClientFrame::Ping {})
+        .await;
+    c.recv_frame_where(|f| matches!(f, ServerFrame::Pong {}))
+        .await;
+}
+
+#[tokio::test]
+async fn receipts_typing_recall_and_sync() {
+    let s = start_server_with(&[("MQIM_MESSAGES__RECALL_WINDOW_SECS", "3600")]).await;
+    let a = s.register("alice").await;
+    let b = s.register("bob").await;
+    let stranger = s.register("carl").await;
+    befriend(&s, &a, &b).await;
+    let mut ca = inbox_client(&s, &a, "phone", "json").await;
+    let mut cb = inbox_client(&s, &b, "phone", "json").await;
+    ca.send_frame(a.id, Format::Json, &text("m1", b.id, "one"))
+        .await;
+    let (_, f) = cb.recv_frame_where(is_msg).await;
+    let ServerFrame::Message(m) = f else {
+        unreachable!()
+    };
+
+    // Receipts are relayed to the sender.
+    for kind in [ReceiptKind::Delivered, ReceiptKind::Read] {
+        cb.send_frame(
+            b.id,
+            Format::Json,
+            &ClientFrame::Receipt {
+                conversation_id: m.conversation_id.clone(),
+                seq: 1,
+                kind,
+            },
+        )
+        .await;
+        let (_, f) = ca
+            .recv_frame_where(|f| matches!(f, ServerFrame::Receipt { .. }))
+            .await;
+        assert_eq!(
+            f,
+            ServerFrame::Receipt {
+                conversation_id: m.conversation_id.clone(),
+                seq: 1,
+                kind,
+                from: b.id
+            }
+        );
+    }
+    let r = s.http.get("/api/v1/conversations", &b.token).await;
+    assert_eq!(r.1[0]["unread"], 0, "{}", r.1);
+    assert_eq!(r.1[0]["last_message"]["content"], "one");
+    // Typing reaches the friend, not strangers.
+    ca.send_frame(
+        a.id,
+        Format::Json,
+        &ClientFrame::Typing {
+            to_user: Some(b.id),
+            to_group: None,
+        },
+    )
+    .await;
+    let (_, f) = cb
+        .recv_frame_where(|f| matches!(f, ServerFrame::Typing { .. }))
+        .await;
+    assert!(matches!(f, ServerFrame::Typing { from, .. } if from == a.id));
+    ca.send_frame(
+        a.id,
+        Format::Json,
+        &ClientFrame::Typing {
+            to_user: Some(stranger.id),
+            to_group: None,
+        },
+    )
+    .await;
+    ca.recv_frame_where(|f| matches!(f, ServerFrame::Error { code, .. } if code == "not_friends"))
+        .await;
+    // Only the sender may recall; both sides are told; the content is gone.
+    cb.send_frame(
+        b.id,
+        Format::Json,
+        &ClientFrame::Recall { message_id: m.id },
+    )
+    .await;
+    cb.recv_frame_where(|f| matches!(f, ServerFrame::Error { code, .. } if code == "not_sender"))
+        .await;
+    ca.send_frame(
+        a.id,
+        Format::Json,
+        &ClientFrame::Recall { message_id: m.id },
+    )
+    .await;
+    for c in [&mut ca, &mut cb] {
+        let (_, f) = c
+            .recv_frame_where(|f| matches!(f, ServerFrame::Recall { .. }))
+            .await;
+        assert_eq!(
+            f,
+            ServerFrame::Recall {
+                message_id: m.id,
+                conversation_id: m.conversation_id.clone(),
+                seq: 1,
+                by: a.id
+            }
+        );
+    }
+    // Sync returns history with the recalled flag.
+    ca.send_frame(a.id, Format::Json, &text("m2", b.id, "two"))
+        .await;
+    cb.recv_frame_where(is_msg).await;
+    cb.send_frame(
+        b.id,
+        Format::Json,
+        &ClientFrame::Sync {
+            conversation_id: Some(m.conversation_id.clone()),
+            after_seq: Some(0),
+            limit: Some(1),
+        },
+    )
+    .await;
+    let (_, f) = cb
+        .recv_frame_where(|f| matches!(f, ServerFrame::SyncResult { .. }))
+        .await;
+    let ServerFrame::SyncResult {
+        messages, has_more, ..
+    } = f
+    else {
+        unreachable!()
+    };
+    assert!(has_more);
+    assert_eq!(messages.len(), 1);
+    assert!(messages[0].recalled && messages[0].content.is_empty());
+    // A stranger cannot read the conversation.
+    assert_eq!(
+        s.http
+            .get(
+                &format!("/api/v1/conversations/{}/messages", m.conversation_id),
+                &stranger.token
+            )
+            .await
+            .0,
+        404
+    );
+}
+
+#[tokio::test]
+async fn recall_window_is_enforced() {
+    let s = start_server_with(&[("MQIM_MESSAGES__RECALL_WINDOW_SECS", "0")]).await;
+    let a = s.register("alice").await;
+    let b = s.register("bob").await;
+    befriend(&s, &a, &b).await;
+    let r = s
+        .http
+        .post(
+            "/api/v1/messages",
+            &a.token,
+            json!({"client_msg_id": "q1", "to_user": b.id, "msg_type": "text", "content": "x"}),
+        )
+        .await;
+    assert_eq!(r.0, 201, "{}", r.1);
+    let id = r.1["id"].as_i64().unwrap();
+    let mut tries = 0;
+    loop {
+        let r = s
+            .http
+            .post(
+                &format!("/api/v1/messages/{id}/recall"),
+                &a.token,
+                json!({}),
+            )
+            .await;
+        if r.0 == 403 {
+            assert_eq!(r.1["error"]["code"], "recall_window_passed");
+            break;
+        }
+        tries += 1;
+        assert!(tries < 100, "recall never refused: {}", r.1);
+    }
+}
+
+#[tokio::test]
+async fn rest_send_history_read_and_conversations() {
+    let s = start_server().await;
+    let a = s.register("alice").await;
+    let b = s.register("bob").await;
+    befriend(&s, &a, &b).await;
+    let mut cb = inbox_client(&s, &b, "phone", "json").await;
+    for i in 1..=5 {
+        let r = s.http.post("/api/v1/messages", &a.token, json!({"client_msg_id": format!("c{i}"), "to_user": b.id, "msg_type": "text", "content": format!("n{i}")})).await;
+        assert_eq!(r.0, 201, "{}", r.1);
+        assert_eq!(r.1["seq"], i);
+    }
+    let dup = s
+        .http
+        .post(
+            "/api/v1/messages",
+            &a.token,
+            json!({"client_msg_id": "c3", "to_user": b.id, "msg_type": "text", "content": "other"}),
+        )
+        .await;
+    assert_eq!(dup.0, 200);
+    assert_eq!(dup.1["seq"], 3);
+    for i in 1..=5 {
+        let (_, f) = cb.recv_frame_where(is_msg).await;
+        assert!(matches!(f, ServerFrame::Message(ref m) if m.seq == i));
+    }
+    let cid = dup.1["conversation_id"].as_str().unwrap().to_owned();
+    let h = |q: &str| format!("/api/v1/conversations/{cid}/messages{q}");
+    let r = s.http.get(&h("?before_seq=5&limit=2"), &b.token).await;
+    let seqs: Vec<i64> = r.1["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!((seqs, r.1["has_more"].as_bool()), (vec![3, 4], Some(true)));
+    let r = s.http.get(&h("?after_seq=3"), &b.token).await;
+    let seqs: Vec<i64> = r.1["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, [4, 5]);
+    assert_eq!(s.http.get(&h("?limit=0"), &b.token).await.0, 422);
+    assert_eq!(
+        s.http
+            .get("/api/v1/conversations/u:1:1/messages", &b.token)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        s.http
+            .get("/api/v1/conversations/garbage/messages", &b.token)
+            .await
+            .0,
+        404
+    );
+    let r = s.http.get("/api/v1/conversations", &b.token).await;
+    assert_eq!(
+        (r.1[0]["unread"].as_i64(), r.1[0]["peer_id"].as_i64()),
+        (Some(5), Some(a.id))
+    );
+    assert_eq!(
+        s.http
+            .post(
+                &format!("/api/v1/conversations/{cid}/read"),
+                &b.token,
+                json!({"seq": 4})
+            )
+            .await
+            .0,
+        204
+    );
+    let r = s.http.get("/api/v1/conversations", &b.token).await;
+    assert_eq!(r.1[0]["unread"], 1);
+    // Bad REST sends.
+    let r = s
+        .http
+        .post(
+            "/api/v1/messages",
+            &a.token,
+            json!({"client_msg_id": "z", "to_user": b.id, "msg_type": "hologram", "content": "x"}),
+        )
+        .await;
+    assert_eq!(r.0, 422);
+    let r = s
+        .http
+        .post(
+            "/api/v1/messages",
+            &a.token,
+            json!({"client_msg_id": "", "to_user": b.id, "msg_type": "text", "content": "x"}),
+        )
+        .await;
+    assert_eq!(r.0, 422);
+}
+
+#[tokio::test]
+async fn offline_backlog_reaches_mosquitto_sub_in_order_once() {
+    if !have_tool("mosquitto_sub") {
+        return;
+    }
+    let s = start_server().await;
+    let a = s.register("alice").await;
+    let b = s.register("bob").await;
+    befriend(&s, &a, &b).await;
+    for i in 1..=30 {
+        let r = s.http.post("/api/v1/messages", &a.token, json!({"client_msg_id": format!("o{i}"), "to_user": b.id, "msg_type": "text", "content": format!("offline {i}")})).await;
+        assert_eq!(r.0, 201);
+    }
+    let port = s.mqtt_addr.port().to_string();
+    let topic = format!("im/u/{}/in/json", b.id);
+    let out = tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-i",
+                "bob-cli",
+                "-u",
+                "bob",
+                "-P",
+                &b.token,
+                "-q",
+                "1",
+                "-t",
+                &topic,
+                "-C",
+                "30",
+                "-W",
+                "10",
+            ])
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let seqs: Vec<i64> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seqs, (1..=30).collect::<Vec<_>>(), "{text}");
+    // The same device again: nothing is repeated.
+    let mut again = MqttClient::connect(s.mqtt_addr, "bob-cli", "bob", &b.token)
+        .await
+        .unwrap();
+    assert_eq!(again.subscribe_ok(&[&topic]).await, [true]);
+    again.expect_nothing(Duration::from_millis(800)).await;
+    // A new device gets the unread ones (all 30: nothing was read).
+    let mut fresh = inbox_client(&s, &b, "tablet", "json").await;
+    for i in 1..=30 {
+        let (_, f) = fresh.recv_frame_where(is_msg).await;
+        assert!(matches!(f, ServerFrame::Message(ref m) if m.seq == i));
+    }
+}
+
+#[tokio::test]
+async fn backlog_survives_restart_and_kill9_loses_no_acked_message() {
+    let mut s = start_server_with(&[("MQIM_MESSAGES__RATE_BURST", "5000")]).await;
+    let a = s.register("alice").await;
+    let b = s.register("bob").await;
+    befriend(&s, &a, &b).await;
+    {
+        let mut sender = inbox_client(&s, &a, "phone", "json").await;
+        sender
+            .send_frame(a.id, Format::Json, &text("before-restart", b.id, "x"))
+            .await;
+        sender.recv_frame_where(is_ack).await;
+    }
+    s.restart().await;
+    let mut cb = inbox_client(&s, &b, "phone", "pb").await;
+    let (_, f) = cb.recv_frame_where(is_msg).await;
+    assert!(matches!(f, ServerFrame::Message(ref m) if m.client_msg_id == "before-restart"));
+    drop(cb);
+
+    // 1,000 sends in flight; kill -9 after some acks.
+    let mut sender = inbox_client(&s, &a, "phone", "json").await;
+    for i in 0..1000 {
+        sender
+            .send_frame(a.id, Format::Json, &text(&format!("k{i}"), b.id, "payload"))
+            .await;
+    }
+    let mut acked = HashSet::new();
+    while acked.len() < 300 {
+        let (_, f) = sender.recv_frame_where(is_ack).await;
+        if let ServerFrame::Ack { client_msg_id, .. } = f {
+            acked.insert(client_msg_id);
+        }
+    }
+    s.kill9().await;
+    // Acks that were already on the way count too.
+    while let Some(r) = sender.recv_within(Duration::from_millis(200)).await {
+        if let ServerFrame::Ack { client_msg_id, .. } = r.frame() {
+            acked.insert(client_msg_id);
+        }
+    }
+    s.start_again().await;
+    let cid = format!("u:{}:{}", a.id.min(b.id), a.id.max(b.id));
+    let r = s
+        .http
+        .get(
+            &format!("/api/v1/conversations/{cid}/messages?limit=500&after_seq=1"),
+            &a.token,
+        )
+        .await;
+    let mut stored: HashSet<String> = r.1["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["client_msg_id"].as_str().unwrap().to_owned())
+        .collect();
+    let mut after = 501;
+    loop {
+        let r = s
+            .http
+            .get(
+                &format!("/api/v1/conversations/{cid}/messages?limit=500&after_seq={after}"),
+                &a.token,
+            )
+            .await;
+        let page = r.1["messages"].as_array().unwrap().clone();
+        if page.is_empty() {
+            break;
+        }
+        stored.extend(
+            page.iter()
+                .map(|m| m["client_msg_id"].as_str().unwrap().to_owned()),
+        );
+        after += 500;
+    }
+    let lost: Vec<_> = acked.difference(&stored).collect();
+    assert!(lost.is_empty(), "acked but lost: {lost:?}");
+    // The seqs have no gaps.
+    let last = s.http.get("/api/v1/conversations", &a.token).await.1[0]["last_seq"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(last as usize, stored.len() + 1);
+    // A new device of bob receives every stored one.
+    let mut fresh = inbox_client(&s, &b, "fresh", "json").await;
+    let mut got = 0;
+    let mut prev = 0;
+    while got < stored.len() + 1 {
+        let Some(r) = fresh.recv_within(WAIT).await else {
+            panic!("backlog stalled after {got} of {}", stored.len() + 1);
+        };
+        let f = r.frame();
+        if !is_msg(&f) {
+            continue;
+        }
+        let ServerFrame::Message(m) = f else {
+            unreachable!()
+        };
+        assert_eq!(m.seq, prev + 1, "backlog out of order");
+        prev = m.seq;
+        got += 1;
+    }
+}
