@@ -466,7 +466,78 @@ fn publish_header(buf: &[u8]) -> Option<(u8, u16)> {
 
 #[cfg(test)]
 mod tests {
-    use super::publish_header;
+    use std::sync::Arc;
+
+    use bytes::{BufMut, Bytes, BytesMut};
+    use rumqttd::protocol::v4::V4;
+    use rumqttd::protocol::{Packet, Protocol, Publish, PublishProperties};
+
+    use super::{publish_header, Guard, Shared};
+    use crate::hooks::{BoxFuture, Hooks};
+    use crate::registry::{Principal, Registry};
+    use crate::topics::AccessGraph;
+
+    struct Graph;
+    impl AccessGraph for Graph {
+        fn is_member(&self, uid: i64, gid: i64) -> bool {
+            uid == 1 && gid == 10
+        }
+        fn are_friends(&self, _: i64, _: i64) -> bool {
+            false
+        }
+    }
+
+    struct TestHooks;
+    impl Hooks for TestHooks {
+        fn authenticate(&self, _: &str, _: &str) -> BoxFuture<Option<Principal>> {
+            Box::pin(async { None })
+        }
+        fn graph(&self) -> &dyn AccessGraph {
+            &Graph
+        }
+    }
+
+    /// A guard for a connection of user 1 ("alice"), as after a successful CONNECT.
+    fn bound_guard() -> Guard {
+        let shared = Arc::new(Shared {
+            hooks: Arc::new(TestHooks),
+            registry: Arc::new(Registry::default()),
+            closer: std::sync::OnceLock::new(),
+        });
+        let mut g = Guard::new(shared);
+        let mut buf = BytesMut::new();
+        // CONNECT alice/alice with a password.
+        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0b1100_0010, 0, 30];
+        for s in ["alice", "alice", "token"] {
+            body.put_u16(s.len() as u16);
+            body.extend_from_slice(s.as_bytes());
+        }
+        buf.put_u8(0x10);
+        buf.put_u8(body.len() as u8);
+        buf.extend_from_slice(&body);
+        let p = g.read_mut(&mut buf, 1 << 20).expect("connect");
+        assert!(
+            matches!(p, Packet::Connect(ref c, ..) if c.client_id.starts_with("alice~") && c.clean_session)
+        );
+        let conn = g.conn().expect("registered").clone();
+        assert!(conn.bind(Principal {
+            user_id: 1,
+            username: "alice".into(),
+            token_id: 1,
+        }));
+        g
+    }
+
+    /// A QoS 1 publish as the router hands it to a connection.
+    fn qos1(topic: &str, pkid: u16) -> Publish {
+        let mut b = BytesMut::new();
+        b.put_u8(0b0011_0010);
+        b.put_u16(pkid);
+        b.put_u16(topic.len() as u16);
+        b.extend_from_slice(topic.as_bytes());
+        b.extend_from_slice(b"{}");
+        Publish::deserialize(b.freeze())
+    }
 
     #[test]
     fn reads_publish_header() {
@@ -476,5 +547,83 @@ mod tests {
         let buf = [0x30, 7, 0, 3, b'a', b'/', b'b', b'x', b'y'];
         assert_eq!(publish_header(&buf), Some((0, 0)));
         assert_eq!(publish_header(&[0x32]), None);
+    }
+
+    /// Regression (rumqttd bug 1): a publish carrying MQTT 5 properties written to a
+    /// 3.1.1 client used to hit `unreachable!` and kill the connection.
+    #[test]
+    fn v5_properties_are_stripped_for_v4_clients() {
+        let g = bound_guard();
+        let mut out = BytesMut::new();
+        let props = PublishProperties {
+            payload_format_indicator: Some(1),
+            user_properties: vec![("k".into(), "v".into())],
+            ..Default::default()
+        };
+        let n = g
+            .write(
+                Packet::Publish(qos1("im/u/1/in/json", 7), Some(props)),
+                &mut out,
+            )
+            .expect("written");
+        assert!(n > 0);
+        let mut back = out.clone();
+        let p = V4.read_mut(&mut back, 1 << 20).expect("valid 3.1.1");
+        assert!(
+            matches!(p, Packet::Publish(ref p, None) if p.topic == Bytes::from_static(b"im/u/1/in/json"))
+        );
+    }
+
+    /// Publishes the delivery check drops are acknowledged to the router by the guard,
+    /// in order with the client's own PUBACKs (rumqttd disconnects on out-of-order acks).
+    #[test]
+    fn dropped_deliveries_are_acknowledged_in_order() {
+        let mut g = bound_guard();
+        let mut out = BytesMut::new();
+        g.write(Packet::Publish(qos1("im/u/1/in/json", 1), None), &mut out)
+            .expect("1");
+        let before = out.len();
+        // Group 11: user 1 is not a member (any more): not written.
+        let n = g
+            .write(Packet::Publish(qos1("im/g/11/in/json", 2), None), &mut out)
+            .expect("2");
+        assert_eq!(n, 0);
+        assert_eq!(
+            out.len(),
+            before,
+            "a dropped publish must not reach the client"
+        );
+        g.write(Packet::Publish(qos1("im/g/10/in/json", 3), None), &mut out)
+            .expect("3");
+        // The client acks 1: the guard returns 1, then its own ack for 2.
+        let mut inbuf = BytesMut::from(&[0x40u8, 2, 0, 1][..]);
+        let acks: Vec<u16> = (0..2)
+            .map(|_| match g.read_mut(&mut inbuf, 1 << 20).expect("ack") {
+                Packet::PubAck(a, _) => a.pkid,
+                p => panic!("unexpected {p:?}"),
+            })
+            .collect();
+        assert_eq!(acks, [1, 2]);
+        // Nothing more until the client acks 3.
+        assert!(g.read_mut(&mut inbuf, 1 << 20).is_err());
+        let mut inbuf = BytesMut::from(&[0x40u8, 2, 0, 3][..]);
+        assert!(matches!(g.read_mut(&mut inbuf, 1 << 20), Ok(Packet::PubAck(a, _)) if a.pkid == 3));
+    }
+
+    /// Client publishes never reach the router on their own topic.
+    #[test]
+    fn client_publishes_go_to_the_sink() {
+        let mut g = bound_guard();
+        for topic in ["im/u/1/out/json", "im/u/2/in/json", "im/g/10/in/json"] {
+            let mut out = BytesMut::new();
+            V4.write(Packet::Publish(qos1(topic, 9), None), &mut out)
+                .expect("encode");
+            match g.read_mut(&mut out, 1 << 20).expect("publish") {
+                Packet::Publish(p, None) => {
+                    assert_eq!(p.topic, Bytes::from_static(super::SINK_TOPIC.as_bytes()))
+                }
+                p => panic!("unexpected {p:?}"),
+            }
+        }
     }
 }
