@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod accounts;
+mod acl;
 mod broker;
 mod messages;
 mod friends;
