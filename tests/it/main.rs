@@ -7,3 +7,5 @@ mod acl;
 mod broker;
 mod messages;
 mod friends;
+mod groups;
+mod group_messages;

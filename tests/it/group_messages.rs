@@ -1,0 +1,216 @@
+//! Group messages (issue 5): live delivery on the group topic in both formats, mute and
+//! membership rules, a gapless seq under concurrent senders, and offline delivery.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use mqim_proto::{ClientFrame, Format, MsgType, ServerFrame};
+use mqim_tests::{start_server_with, MqttClient, Server, TestUser};
+use serde_json::json;
+
+async fn group_with(s: &Server, owner: &TestUser, members: &[&TestUser]) -> i64 {
+    let r = s
+        .http
+        .post(
+            "/api/v1/groups",
+            &owner.token,
+            json!({"name": "team", "join_policy": "invite_only"}),
+        )
+        .await;
+    assert_eq!(r.0, 201, "{}", r.1);
+    let gid = r.1["id"].as_i64().unwrap();
+    for m in members {
+        let r = s
+            .http
+            .post(
+                &format!("/api/v1/groups/{gid}/members"),
+                &owner.token,
+                json!({"user_id": m.id}),
+            )
+            .await;
+        assert!(r.0 == 200 || r.0 == 201, "{}", r.1);
+    }
+    gid
+}
+
+fn gsend(cmid: &str, gid: i64, content: &str) -> ClientFrame {
+    ClientFrame::Send {
+        client_msg_id: cmid.into(),
+        to_user: None,
+        to_group: Some(gid),
+        msg_type: MsgType::Text,
+        content: content.into(),
+        reply_to: None,
+    }
+}
+
+async fn subscribed(s: &Server, u: &TestUser, device: &str, filters: &[String]) -> MqttClient {
+    let mut c = s.mqtt(u, Some(device)).await;
+    let f: Vec<&str> = filters.iter().map(String::as_str).collect();
+    assert!(c.subscribe_ok(&f).await.iter().all(|ok| *ok), "{filters:?}");
+    c
+}
+
+#[tokio::test]
+async fn group_messages_live_rules_and_concurrent_seq() {
+    let s = start_server_with(&[("MQIM_MESSAGES__RATE_BURST", "1000")]).await;
+    let owner = s.register("olga").await;
+    let b = s.register("bert").await;
+    let c = s.register("cleo").await;
+    let outsider = s.register("otto").await;
+    let gid = group_with(&s, &owner, &[&b, &c]).await;
+
+    let mut co = subscribed(
+        &s,
+        &owner,
+        "a",
+        &[
+            format!("im/u/{}/in/json", owner.id),
+            format!("im/g/{gid}/in/json"),
+        ],
+    )
+    .await;
+    let mut cb = subscribed(
+        &s,
+        &b,
+        "a",
+        &[
+            format!("im/u/{}/in/json", b.id),
+            format!("im/g/{gid}/in/json"),
+        ],
+    )
+    .await;
+    let mut cc = subscribed(
+        &s,
+        &c,
+        "a",
+        &[format!("im/u/{}/in/pb", c.id), format!("im/g/{gid}/in/pb")],
+    )
+    .await;
+
+    co.send_frame(owner.id, Format::Json, &gsend("g1", gid, "hello team"))
+        .await;
+    co.recv_frame_where(|f| matches!(f, ServerFrame::Ack { seq: 1, .. }))
+        .await;
+    for cl in [&mut cb, &mut cc] {
+        let (_, f) = cl
+            .recv_frame_where(|f| matches!(f, ServerFrame::Message(_)))
+            .await;
+        let ServerFrame::Message(m) = f else {
+            unreachable!()
+        };
+        assert_eq!(
+            (m.conversation_id.as_str(), m.seq, m.to_group, m.from),
+            (format!("g:{gid}").as_str(), 1, Some(gid), owner.id)
+        );
+    }
+
+    // An outsider cannot send or subscribe.
+    let mut cx = subscribed(
+        &s,
+        &outsider,
+        "a",
+        &[format!("im/u/{}/in/json", outsider.id)],
+    )
+    .await;
+    assert_eq!(
+        cx.subscribe_ok(&[&format!("im/g/{gid}/in/json")]).await,
+        [false]
+    );
+    cx.send_frame(outsider.id, Format::Json, &gsend("x1", gid, "let me in"))
+        .await;
+    cx.recv_frame_where(|f| matches!(f, ServerFrame::Error { code, .. } if code == "not_member"))
+        .await;
+    // A muted member cannot send until the mute ends.
+    let until = mqim_proto_now() + 3_600_000;
+    let r = s
+        .http
+        .patch(
+            &format!("/api/v1/groups/{gid}/members/{}", c.id),
+            &owner.token,
+            json!({"muted_until": until}),
+        )
+        .await;
+    assert_eq!(r.0, 200, "{}", r.1);
+    cc.send_frame(c.id, Format::Pb, &gsend("m1", gid, "muted?"))
+        .await;
+    cc.recv_frame_where(|f| matches!(f, ServerFrame::Error { code, .. } if code == "muted"))
+        .await;
+    let r = s
+        .http
+        .patch(
+            &format!("/api/v1/groups/{gid}/members/{}", c.id),
+            &owner.token,
+            json!({"muted_until": null}),
+        )
+        .await;
+    assert_eq!(r.0, 200, "{}", r.1);
+
+    // Three members send 50 messages each at once: seq stays gapless.
+    let mut senders = Vec::new();
+    for (u, cl) in [(&owner, co), (&b, cb), (&c, cc)] {
+        let uid = u.id;
+        let name = u.username.clone();
+        senders.push(tokio::spawn(async move {
+            let mut cl = cl;
+            for i in 0..50 {
+                cl.send_frame(
+                    uid,
+                    Format::Json,
+                    &gsend(&format!("{name}-{i}"), gid, "burst"),
+                )
+                .await;
+            }
+            let mut acks = 0;
+            while acks < 50 {
+                let (_, f) = cl
+                    .recv_frame_where(|f| {
+                        matches!(f, ServerFrame::Ack { .. } | ServerFrame::Error { .. })
+                    })
+                    .await;
+                assert!(matches!(f, ServerFrame::Ack { .. }), "{f:?}");
+                acks += 1;
+            }
+        }));
+    }
+    for t in senders {
+        t.await.unwrap();
+    }
+    let r = s
+        .http
+        .get(
+            &format!("/api/v1/conversations/g:{gid}/messages?after_seq=0&limit=500"),
+            &b.token,
+        )
+        .await;
+    let msgs = r.1["messages"].as_array().unwrap();
+    let seqs: Vec<i64> = msgs.iter().map(|m| m["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, (1..=151).collect::<Vec<_>>());
+    let ids: HashSet<&str> = msgs
+        .iter()
+        .map(|m| m["client_msg_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 151);
+
+    // A device of a member that was away gets the group backlog, in order.
+    let mut fresh = subscribed(&s, &b, "tablet", &[format!("im/u/{}/in/json", b.id)]).await;
+    let mut prev = 0;
+    while prev < 151 {
+        let (_, f) = fresh
+            .recv_frame_where(|f| matches!(f, ServerFrame::Message(_)))
+            .await;
+        let ServerFrame::Message(m) = f else {
+            unreachable!()
+        };
+        assert_eq!(m.seq, prev + 1);
+        prev = m.seq;
+    }
+    fresh.expect_nothing(Duration::from_millis(300)).await;
+}
+
+fn mqim_proto_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
