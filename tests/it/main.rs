@@ -5,7 +5,7 @@
 mod accounts;
 mod acl;
 mod broker;
-mod messages;
 mod friends;
-mod groups;
 mod group_messages;
+mod groups;
+mod messages;
