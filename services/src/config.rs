@@ -183,8 +183,8 @@ impl Config {
         if self.mqtt.max_connections == 0 || self.mqtt.max_packet_bytes < 1024 {
             return bad("mqtt.max_connections must be ≥ 1 and mqtt.max_packet_bytes ≥ 1024".into());
         }
-        if self.auth.token_ttl_secs < 60 {
-            return bad("auth.token_ttl_secs must be at least 60".into());
+        if self.auth.token_ttl_secs < 1 {
+            return bad("auth.token_ttl_secs must be at least 1".into());
         }
         if self.auth.hash_concurrency == 0 {
             return bad("auth.hash_concurrency must be at least 1".into());

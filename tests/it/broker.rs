@@ -51,6 +51,31 @@ async fn connect_needs_a_valid_token_and_an_own_client_id() {
 }
 
 #[tokio::test]
+async fn expired_tokens_are_refused_on_rest_and_mqtt() {
+    let s = mqim_tests::start_server_with(&[("MQIM_AUTH__TOKEN_TTL_SECS", "1")]).await;
+    let a = s.register("alice").await;
+    // Wait (bounded) for the one-second token to expire.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        let r = s.http.get("/api/v1/me", &a.token).await;
+        if r.0 == 401 {
+            assert_eq!(r.1["error"]["code"], "unauthorized");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "token never expired"
+        );
+    }
+    assert!(matches!(
+        MqttClient::connect(s.mqtt_addr, "alice", "alice", &a.token).await,
+        Err(MqttError::Refused(_))
+    ));
+}
+
+#[tokio::test]
 async fn hostile_client_ids_do_not_lock_the_listener() {
     let s = start_server().await;
     let a = s.register("alice").await;
