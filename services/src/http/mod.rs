@@ -8,6 +8,7 @@
 pub mod accounts;
 pub mod extract;
 pub mod friends;
+pub mod groups;
 pub mod messages;
 pub mod ops;
 
@@ -52,6 +53,7 @@ pub fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(accounts::router())
         .merge(friends::router())
+        .merge(groups::router())
         .merge(messages::router())
 }
 

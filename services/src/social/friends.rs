@@ -17,7 +17,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 use utoipa::ToSchema;
 
-use super::{active_user, brief, brief_cols, check_text, lock_users, Tx, UserBrief};
+use super::{active_user, brief, brief_cols, check_text, lock_users, parse_enum, Tx, UserBrief};
 use crate::error::{on_unique, ApiError, ApiResult};
 use crate::now_ms;
 use crate::state::AppState;
@@ -45,11 +45,6 @@ impl RequestState {
             RequestState::Rejected => "rejected",
             RequestState::Canceled => "canceled",
         }
-    }
-
-    fn parse(s: &str) -> Result<RequestState, sqlx::Error> {
-        serde_json::from_value(serde_json::Value::String(s.to_owned()))
-            .map_err(|e| sqlx::Error::Decode(Box::new(e)))
     }
 }
 
@@ -126,7 +121,7 @@ fn request_of(row: &AnyRow, viewer: i64) -> Result<FriendRequest, sqlx::Error> {
         from,
         to: brief(row, "t_")?,
         message: row.try_get("message")?,
-        state: RequestState::parse(&row.try_get::<String, _>("state")?)?,
+        state: parse_enum(&row.try_get::<String, _>("state")?)?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })

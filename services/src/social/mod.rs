@@ -13,13 +13,19 @@
 //! both pass a check that only one of them should.
 
 pub mod friends;
+pub mod group_rules;
+pub mod groups;
+pub mod membership;
 
+use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde_json::Value;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 use utoipa::ToSchema;
 
 use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
 
 /// An open transaction on the pool.
 pub type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
@@ -87,6 +93,33 @@ pub(crate) async fn lock_users(tx: &mut Tx<'_>, a: i64, b: i64) -> ApiResult<()>
             .await?;
     }
     Ok(())
+}
+
+/// Parses a stored snake_case enum value (a state, a role, a policy) into its type.
+pub(crate) fn parse_enum<T: DeserializeOwned>(s: &str) -> Result<T, sqlx::Error> {
+    serde_json::from_value(Value::String(s.to_owned()))
+        .map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
+/// The stored spelling of a snake_case enum value.
+pub(crate) fn enum_str<T: Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+/// Publishes event `name` to the inboxes of `uids` and to group `gid`'s topic (where
+/// only current members receive it).
+pub(crate) fn group_event(st: &AppState, gid: i64, uids: &[i64], name: &str, data: Value) {
+    st.push.event(uids, name, data.clone());
+    st.push.to_group(
+        gid,
+        &mqim_proto::ServerFrame::Event {
+            event: name.to_owned(),
+            data,
+        },
+    );
 }
 
 /// Checks free text: at most `max` characters, no control characters except newline,
