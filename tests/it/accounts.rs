@@ -431,7 +431,7 @@ async fn invalid_configuration_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[http]\naddr = \"not-an-address\"\n").unwrap();
-    let out = tokio::process::Command::new(mqim_tests::binary())
+    let out = mqim_tests::command()
         .args(["--config", bad.to_str().unwrap(), "serve"])
         .output()
         .await
@@ -444,7 +444,7 @@ async fn invalid_configuration_is_a_clear_error() {
     );
     assert!(!err.contains("panicked"), "{err}");
 
-    let out = tokio::process::Command::new(mqim_tests::binary())
+    let out = mqim_tests::command()
         .arg("serve")
         .env("MQIM_DATABASE_URL", "mysql://x")
         .output()
@@ -454,7 +454,7 @@ async fn invalid_configuration_is_a_clear_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("database.url"));
 
     // `mqim migrate` on a fresh directory creates and migrates the database.
-    let out = tokio::process::Command::new(mqim_tests::binary())
+    let out = mqim_tests::command()
         .arg("migrate")
         .env("MQIM_DATA_DIR", dir.path())
         .env("MQIM_DATABASE_URL", "")

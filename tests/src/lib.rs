@@ -48,7 +48,9 @@ pub struct Server {
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// Path of the `mqim` binary built by cargo next to the test executable.
+/// Path of the `mqim` binary built by cargo next to the test executable (or `MQIM_BIN`).
+/// `cargo test --workspace` (re)builds it first because the `mqim` package has an
+/// integration test of its own (`services/tests/cli.rs`).
 pub fn binary() -> PathBuf {
     if let Ok(p) = std::env::var("MQIM_BIN") {
         return PathBuf::from(p);
@@ -56,6 +58,19 @@ pub fn binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     // target/<profile>/deps/it-xxxx → target/<profile>/mqim
     exe.parent().unwrap().parent().unwrap().join("mqim")
+}
+
+/// A command running the `mqim` binary without any inherited `MQIM_*` variable: the
+/// server rejects unknown ones (such as the harness's own `MQIM_TEST_LOG`), and the
+/// developer's settings must not leak into tests.
+pub fn command() -> Command {
+    let mut cmd = Command::new(binary());
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("MQIM_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
 }
 
 /// Whether tests run in CI (tools must then be present, not skipped).
@@ -78,24 +93,47 @@ pub fn have_tool(name: &str) -> bool {
     found
 }
 
-async fn fresh_database_url(data_dir: &std::path::Path) -> String {
-    match std::env::var("TEST_POSTGRES_URL") {
-        Ok(admin) if admin.starts_with("postgres") => {
-            let name = format!(
-                "mqim_test_{}_{}",
-                std::process::id(),
-                COUNTER.fetch_add(1, Ordering::Relaxed)
-            );
-            use sqlx::Connection;
-            let mut c = sqlx::PgConnection::connect(&admin).await.unwrap();
-            sqlx::Executor::execute(&mut c, format!("CREATE DATABASE {name}").as_str())
-                .await
-                .unwrap();
-            let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
-            format!("{base}/{name}")
-        }
-        _ => format!("sqlite://{}?mode=rwc", data_dir.join("mqim.db").display()),
+/// The PostgreSQL admin URL from `TEST_POSTGRES_URL`, when the suite should run on
+/// PostgreSQL. Any other non-empty value is a mistake and fails loudly rather than
+/// quietly testing SQLite instead.
+pub fn postgres_admin_url() -> Option<String> {
+    let url = std::env::var("TEST_POSTGRES_URL").ok()?;
+    if url.is_empty() {
+        return None;
     }
+    assert!(
+        url.starts_with("postgres://") || url.starts_with("postgresql://"),
+        "TEST_POSTGRES_URL must be a postgres:// URL, not {url:?}"
+    );
+    Some(url)
+}
+
+/// A database URL for a new server: a fresh database on the `TEST_POSTGRES_URL` server
+/// (named `mqim_test_<pid>_<n>`), else a SQLite file in `data_dir`.
+pub async fn fresh_database_url(data_dir: &std::path::Path) -> String {
+    let Some(admin) = postgres_admin_url() else {
+        return format!("sqlite://{}?mode=rwc", data_dir.join("mqim.db").display());
+    };
+    let name = format!(
+        "mqim_test_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    use sqlx::Connection;
+    let mut c = sqlx::PgConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to TEST_POSTGRES_URL: {e}"));
+    sqlx::Executor::execute(&mut c, format!("CREATE DATABASE {name}").as_str())
+        .await
+        .unwrap();
+    let _ = c.close().await;
+    // Same server and credentials, other database; keep any `?query` options.
+    let (path, query) = match admin.split_once('?') {
+        Some((p, q)) => (p, format!("?{q}")),
+        None => (admin.as_str(), String::new()),
+    };
+    let authority = path.splitn(4, '/').take(3).collect::<Vec<_>>().join("/");
+    format!("{authority}/{name}{query}")
 }
 
 /// Starts a server with default settings.
@@ -127,7 +165,7 @@ pub async fn start_server_with(env: &[(&str, &str)]) -> Server {
 
 impl Server {
     async fn spawn(&mut self) {
-        let mut cmd = Command::new(binary());
+        let mut cmd = command();
         cmd.arg("serve")
             .env("MQIM_HTTP_ADDR", "127.0.0.1:0")
             .env("MQIM_MQTT_ADDR", "127.0.0.1:0")
