@@ -4,6 +4,7 @@
 
 mod accounts;
 mod acl;
+mod backend;
 mod broker;
 mod friends;
 mod group_messages;
