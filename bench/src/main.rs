@@ -1,0 +1,326 @@
+//! `mqim-bench`: measures mqim against the raw brokers it is built on, in one run.
+//!
+//! Why one run: absolute numbers drift between runs on shared machines, so every
+//! figure for mqim is measured next to the same figure for standalone rumqttd (the
+//! ceiling of mqim's embedded broker, same settings) and Mosquitto (the well-known C
+//! broker, persistence off), with the same load client, payload size and QoS, and
+//! reported with the ratio (see BENCHMARKS.md for the method and the results).
+//!
+//! Every scenario has a hard time limit and counts lost and duplicated messages;
+//! `--smoke` runs all of them with tiny sizes as a CI check that the harness works and
+//! nothing is lost (not how fast anything is), and exits non-zero otherwise.
+
+mod api;
+mod client;
+mod report;
+mod scenarios;
+mod target;
+mod wire;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use clap::{Parser, ValueEnum};
+
+use report::{Metric, Report};
+use scenarios::{Outcome, Population, Sizes};
+use target::{Kind, Programs, Target};
+
+/// Benchmarks mqim against standalone rumqttd and Mosquitto.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// Tiny sizes: checks that every scenario runs and loses nothing (for CI).
+    #[arg(long)]
+    smoke: bool,
+    /// The `mqim` binary [default: next to this program, else target/release, else
+    /// target/debug].
+    #[arg(long, value_name = "PATH")]
+    mqim: Option<PathBuf>,
+    /// The `mqim-bench-rumqttd` binary [default: next to this program].
+    #[arg(long, value_name = "PATH")]
+    rumqttd: Option<PathBuf>,
+    /// The Mosquitto broker.
+    #[arg(long, value_name = "PATH", default_value = "/usr/sbin/mosquitto")]
+    mosquitto: PathBuf,
+    /// Systems to run, in this order.
+    #[arg(long, value_delimiter = ',', default_values = ["mqim", "rumqttd", "mosquitto"])]
+    targets: Vec<Sys>,
+    /// Scenarios to run.
+    #[arg(long, value_delimiter = ',', default_values = ["one-to-one", "fan-out", "storm", "drain"])]
+    scenarios: Vec<Scenario>,
+    /// 1:1 pairs (overrides the mode's size).
+    #[arg(long)]
+    pairs: Option<usize>,
+    /// Open-loop rates in msg/s, comma-separated (overrides the mode's).
+    #[arg(long, value_delimiter = ',')]
+    rates: Option<Vec<u64>>,
+    /// Connections of the storm/idle/broadcast scenario, as ACCOUNTSxDEVICES.
+    #[arg(long, value_name = "AxD")]
+    connections: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq)]
+enum Sys {
+    Mqim,
+    Rumqttd,
+    Mosquitto,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq)]
+enum Scenario {
+    OneToOne,
+    FanOut,
+    Storm,
+    Drain,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::OneToOne => "1:1 end-to-end",
+            Scenario::FanOut => "group fan-out",
+            Scenario::Storm => "connect storm + idle + broadcast",
+            Scenario::Drain => "offline drain",
+        }
+    }
+}
+
+struct Check {
+    name: String,
+    ok: bool,
+    detail: String,
+}
+
+fn machine() -> String {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("?")
+        .trim()
+        .to_owned();
+    let mem = read("/proc/meminfo")
+        .lines()
+        .find(|l| l.starts_with("MemTotal"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|k| k.parse::<u64>().ok())
+        .map(|k| format!("{:.1} GiB", k as f64 / 1024.0 / 1024.0))
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    format!(
+        "{cores} cores ({cpu}), {mem} RAM, kernel {}, load average {}",
+        read("/proc/sys/kernel/osrelease").trim(),
+        read("/proc/loadavg")
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    )
+}
+
+async fn run_scenario(
+    sc: Scenario,
+    t: &Target,
+    pop: Option<&Population>,
+    s: &Sizes,
+    out: &mut Vec<Metric>,
+) -> anyhow::Result<Outcome> {
+    match sc {
+        Scenario::OneToOne => scenarios::one_to_one(t, pop, s, out).await,
+        Scenario::FanOut => scenarios::fan_out(t, pop, s, out).await,
+        Scenario::Storm => scenarios::storm_idle_broadcast(t, pop, s, out).await,
+        Scenario::Drain => scenarios::offline_drain(t, pop, s, out).await,
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut sizes = if cli.smoke {
+        Sizes::smoke()
+    } else {
+        Sizes::full()
+    };
+    if let Some(p) = cli.pairs {
+        sizes.pairs = p.max(2);
+        sizes.group = sizes.group.min(sizes.pairs.max(sizes.group));
+    }
+    if let Some(r) = cli.rates.clone() {
+        sizes.rates = r;
+    }
+    if let Some(c) = &cli.connections {
+        match c.split_once('x').map(|(a, d)| (a.parse(), d.parse())) {
+            Some((Ok(a), Ok(d))) => {
+                sizes.accounts = a;
+                sizes.devices = d;
+            }
+            _ => {
+                eprintln!("--connections wants ACCOUNTSxDEVICES, e.g. 100x100");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let progs = Programs::find(cli.mqim.clone(), cli.rumqttd.clone(), cli.mosquitto.clone());
+    let in_ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false");
+    wire::now_us();
+
+    println!("# mqim-bench {}", if cli.smoke { "(smoke)" } else { "" });
+    println!("machine: {}", machine());
+    println!("mqim: {}", progs.mqim.display());
+    println!("sizes: {sizes:?}");
+
+    let mut report = Report::default();
+    let mut checks: Vec<Check> = Vec::new();
+    let started = Instant::now();
+    for sys in &cli.targets {
+        let kind = match sys {
+            Sys::Mqim => Kind::Mqim,
+            Sys::Rumqttd => Kind::Rumqttd,
+            Sys::Mosquitto => Kind::Mosquitto,
+        };
+        if kind == Kind::Mosquitto && !progs.mosquitto.is_file() {
+            let msg = format!(
+                "Mosquitto not found at {} (apt-get install mosquitto)",
+                progs.mosquitto.display()
+            );
+            if in_ci {
+                checks.push(Check {
+                    name: "mosquitto: start".into(),
+                    ok: false,
+                    detail: msg,
+                });
+            } else {
+                println!("\nSKIPPED mosquitto: {msg}");
+            }
+            continue;
+        }
+        println!("\n## {}", kind.name());
+        let mut t = match Target::start(kind, &progs).await {
+            Ok(t) => t,
+            Err(e) => {
+                checks.push(Check {
+                    name: format!("{}: start", kind.name()),
+                    ok: false,
+                    detail: format!("{e:#}"),
+                });
+                continue;
+            }
+        };
+        println!("started pid {} on {}", t.pid, t.mqtt);
+        let pop = match &t.http {
+            Some(base) => {
+                let t0 = Instant::now();
+                let res = match api::Api::new(base) {
+                    Ok(api) => {
+                        tokio::time::timeout(sizes.limit, scenarios::populate(&api, &sizes)).await
+                    }
+                    Err(e) => Ok(Err(e)),
+                };
+                match res {
+                    Ok(Ok(p)) => {
+                        println!(
+                            "accounts, friendships and groups made in {:.1?}",
+                            t0.elapsed()
+                        );
+                        Some(p)
+                    }
+                    Ok(Err(e)) => {
+                        checks.push(Check {
+                            name: format!("{}: setup", kind.name()),
+                            ok: false,
+                            detail: format!("{e:#}\n{}", t.log_tail(20)),
+                        });
+                        t.stop().await;
+                        continue;
+                    }
+                    Err(_) => {
+                        checks.push(Check {
+                            name: format!("{}: setup", kind.name()),
+                            ok: false,
+                            detail: "timed out".into(),
+                        });
+                        t.stop().await;
+                        continue;
+                    }
+                }
+            }
+            None => None,
+        };
+        for &sc in &cli.scenarios {
+            let t0 = Instant::now();
+            let dropped0 = client::DROPPED.load(Ordering::Relaxed);
+            let mut out = Vec::new();
+            let r = tokio::time::timeout(
+                sizes.limit,
+                run_scenario(sc, &t, pop.as_ref(), &sizes, &mut out),
+            )
+            .await;
+            for m in out {
+                report.put(kind, m);
+            }
+            let dropped = client::DROPPED.load(Ordering::Relaxed) - dropped0;
+            let (ok, mut detail) = match r {
+                Ok(Ok(o)) => {
+                    let mut d = format!("lost {}, duplicated {}", o.lost, o.dup);
+                    for p in &o.problems {
+                        d.push_str("; ");
+                        d.push_str(p);
+                    }
+                    (o.ok(), d)
+                }
+                Ok(Err(e)) => (false, format!("error: {e:#}")),
+                Err(_) => (false, format!("timed out after {:?}", sizes.limit)),
+            };
+            let ok = ok && dropped == 0;
+            if dropped > 0 {
+                detail.push_str(&format!("; {dropped} connections dropped"));
+            }
+            if !t.alive() {
+                detail.push_str(&format!("; the server died:\n{}", t.log_tail(30)));
+            }
+            let ok = ok && t.alive();
+            println!(
+                "{} {}: {} in {:.1?} ({detail})",
+                kind.name(),
+                sc.name(),
+                if ok { "ok" } else { "FAILED" },
+                t0.elapsed()
+            );
+            checks.push(Check {
+                name: format!("{}: {}", kind.name(), sc.name()),
+                ok,
+                detail,
+            });
+            if !t.alive() {
+                break;
+            }
+        }
+        t.stop().await;
+    }
+
+    println!("\n# Results ({})\n", machine());
+    println!("{}", report.render());
+    println!("\ntotal time {:.1?}\n", started.elapsed());
+    let passed = checks.iter().filter(|c| c.ok).count();
+    let failed = checks.len() - passed;
+    for c in &checks {
+        println!(
+            "{} {} — {}",
+            if c.ok { "PASS" } else { "FAIL" },
+            c.name,
+            c.detail
+        );
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 || checks.is_empty() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,1176 @@
+//! The scenarios of issue 8, each runnable against mqim and against a plain broker.
+//!
+//! The same load client, payload size (200 B published) and QoS (1 on both legs) are
+//! used for every system. mqim is driven as an IM client would drive it (send frames
+//! on the outbox, messages from the inbox or group topic, acks after storage); a
+//! plain broker gets the equivalent plain publish to a topic the receiver subscribed
+//! to. Every message carries its send time; receivers count each message once in a
+//! bitset per stream, so losses and duplicates are exact.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use futures::stream::{self, StreamExt};
+use hdrhistogram::Histogram;
+use rumqttc::QoS;
+use tokio::sync::Semaphore;
+
+use crate::api::{Api, User};
+use crate::client::{self, Conn, Handler, Opts};
+use crate::report::{Goal, Sink};
+use crate::target::{cpu_secs_of, kernel_tcp_bytes, Kind, Target};
+use crate::wire::{fields, now_us, parse, payload, Rx, Seen, To};
+
+const SIZE: usize = 200;
+const CONNECT_WAIT: Duration = Duration::from_secs(30);
+
+/// Sizes and durations of a run.
+#[derive(Debug, Clone)]
+pub struct Sizes {
+    /// 1:1 pairs (flows).
+    pub pairs: usize,
+    /// Open-loop rates (messages/s over all pairs), stepped up while p99 < 50 ms.
+    pub rates: Vec<u64>,
+    /// Duration of each open-loop rate.
+    pub phase: Duration,
+    /// Duration of the throughput phase.
+    pub tput: Duration,
+    /// Messages per pair in flight (sent, not yet received) in the throughput phase.
+    pub window: usize,
+    /// Members of the fan-out group.
+    pub group: usize,
+    /// Fan-out: single messages timed one at a time, then a burst.
+    pub group_rounds: usize,
+    /// Fan-out burst size.
+    pub group_burst: usize,
+    /// Storm/idle/broadcast: accounts (mqim) ...
+    pub accounts: usize,
+    /// ... times devices per account = connections.
+    pub devices: usize,
+    /// Broadcast rounds.
+    pub bcast_rounds: usize,
+    /// Broadcast burst size.
+    pub bcast_burst: usize,
+    /// Connects in progress at once during the storm.
+    pub storm_concurrency: usize,
+    /// Wait before measuring the idle process.
+    pub settle: Duration,
+    /// Idle CPU measurement window.
+    pub idle: Duration,
+    /// Offline drain: messages waiting for one device.
+    pub drain_one: usize,
+    /// Offline drain: devices ...
+    pub drain_many: usize,
+    /// ... with this many messages each.
+    pub drain_each: usize,
+    /// Longest wait for outstanding messages after sending stops.
+    pub settle_limit: Duration,
+    /// Hard time limit of one scenario on one system.
+    pub limit: Duration,
+}
+
+impl Sizes {
+    /// The sizes of issue 8.
+    pub fn full() -> Sizes {
+        Sizes {
+            pairs: 1000,
+            rates: vec![1_000, 5_000, 10_000, 20_000, 40_000],
+            phase: Duration::from_secs(5),
+            tput: Duration::from_secs(10),
+            window: 10,
+            group: 500,
+            group_rounds: 20,
+            group_burst: 200,
+            accounts: 100,
+            devices: 100,
+            bcast_rounds: 10,
+            bcast_burst: 50,
+            storm_concurrency: 500,
+            settle: Duration::from_secs(3),
+            idle: Duration::from_secs(10),
+            drain_one: 10_000,
+            drain_many: 100,
+            drain_each: 1_000,
+            settle_limit: Duration::from_secs(30),
+            limit: Duration::from_secs(300),
+        }
+    }
+
+    /// Tiny sizes for CI: does every scenario run and lose nothing.
+    pub fn smoke() -> Sizes {
+        Sizes {
+            pairs: 10,
+            rates: vec![200],
+            phase: Duration::from_secs(1),
+            tput: Duration::from_secs(1),
+            window: 5,
+            group: 20,
+            group_rounds: 3,
+            group_burst: 5,
+            accounts: 10,
+            devices: 20,
+            bcast_rounds: 2,
+            bcast_burst: 5,
+            storm_concurrency: 100,
+            settle: Duration::from_millis(300),
+            idle: Duration::from_secs(1),
+            drain_one: 200,
+            drain_many: 5,
+            drain_each: 40,
+            settle_limit: Duration::from_secs(10),
+            limit: Duration::from_secs(40),
+        }
+    }
+}
+
+/// What a scenario found besides its figures.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Messages sent (accepted by the load client) and never received.
+    pub lost: u64,
+    /// Messages received more than once.
+    pub dup: u64,
+    /// Anything else wrong (refused connections, errors, disorder, overload).
+    pub problems: Vec<String>,
+}
+
+impl Outcome {
+    /// Whether the scenario passed (nothing lost, duplicated or wrong).
+    pub fn ok(&self) -> bool {
+        self.lost == 0 && self.dup == 0 && self.problems.is_empty()
+    }
+}
+
+/// Accounts, friendships and groups on mqim, made before the scenarios (not timed).
+pub struct Population {
+    ring: Vec<User>,
+    accounts: Vec<User>,
+    drain_sender: User,
+    drain: Vec<User>,
+    group: i64,
+    bcast_group: i64,
+}
+
+/// Creates the population for `s`.
+pub async fn populate(api: &Api, s: &Sizes) -> Result<Population> {
+    let ring_n = s.pairs.max(s.group).max(2);
+    let mut names: Vec<String> = (0..ring_n).map(|i| format!("ring_{i}")).collect();
+    names.extend((0..s.accounts.max(1)).map(|i| format!("acct_{i}")));
+    names.push("drain_sender".into());
+    names.extend((0..=s.drain_many).map(|i| format!("drain_{i}")));
+    let mut users = api.register_all(names).await?.into_iter();
+    let ring: Vec<User> = users.by_ref().take(ring_n).collect();
+    let accounts: Vec<User> = users.by_ref().take(s.accounts.max(1)).collect();
+    let drain_sender = users.next().context("drain sender")?;
+    let drain: Vec<User> = users.collect();
+
+    // 1:1 flows form a ring over the first `pairs` accounts: i sends to i+1.
+    let n = s.pairs.max(2);
+    let mut pairs: Vec<(User, User)> = (0..n)
+        .map(|i| (ring[i].clone(), ring[(i + 1) % n].clone()))
+        .collect();
+    if n == 2 {
+        pairs.truncate(1);
+    }
+    pairs.extend(drain.iter().map(|d| (drain_sender.clone(), d.clone())));
+    api.befriend_all(pairs).await?;
+    let group = api.group(&ring[0], &ring[..s.group]).await?;
+    let bcast_group = api.group(&accounts[0], &accounts).await?;
+    Ok(Population {
+        ring,
+        accounts,
+        drain_sender,
+        drain,
+        group,
+        bcast_group,
+    })
+}
+
+async fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if done() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Connects many clients, `conc` at a time; returns them in order (None = failed)
+/// and the first error.
+async fn connect_many(
+    opts: Vec<(Opts, Handler)>,
+    conc: usize,
+) -> (Vec<Option<Conn>>, usize, Option<String>) {
+    let results: Vec<Result<Conn>> = stream::iter(opts)
+        .map(|(o, h)| Conn::connect(o, h, CONNECT_WAIT))
+        .buffered(conc)
+        .collect()
+        .await;
+    let mut first = None;
+    let mut failed = 0;
+    let conns = results
+        .into_iter()
+        .map(|r| match r {
+            Ok(c) => Some(c),
+            Err(e) => {
+                failed += 1;
+                first.get_or_insert_with(|| format!("{e:#}"));
+                None
+            }
+        })
+        .collect();
+    (conns, failed, first)
+}
+
+async fn subscribe_many(conns: &mut [Conn], filter: &str, conc: usize) -> Result<()> {
+    let filters = vec![filter.to_owned()];
+    let results: Vec<Result<()>> = stream::iter(conns.iter_mut())
+        .map(|c| {
+            let f = filters.clone();
+            async move { c.subscribe(&f, CONNECT_WAIT).await }
+        })
+        .buffer_unordered(conc)
+        .collect()
+        .await;
+    let failed: Vec<_> = results.into_iter().filter_map(|r| r.err()).collect();
+    if let Some(e) = failed.first() {
+        bail!("{} subscriptions to {filter} failed: {e:#}", failed.len());
+    }
+    Ok(())
+}
+
+/// Errors reported by mqim in error frames, and acks seen.
+#[derive(Default)]
+struct Replies {
+    acks: AtomicU64,
+    errors: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl Replies {
+    fn error(&self, code: String) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        lock(&self.first_error).get_or_insert(code);
+    }
+
+    fn check(&self, out: &mut Outcome) {
+        let n = self.errors.load(Ordering::Relaxed);
+        if n > 0 {
+            out.problems.push(format!(
+                "{n} error frames from mqim (first: {})",
+                lock(&self.first_error).clone().unwrap_or_default()
+            ));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// 1:1
+
+struct Phase {
+    flows: Vec<Mutex<Seen>>,
+    window: Vec<Semaphore>,
+    sent: AtomicU64,
+    recv: AtomicU64,
+    dups: AtomicU64,
+    hist: Mutex<Histogram<u64>>,
+}
+
+impl Phase {
+    fn new(n: usize, window: usize) -> Phase {
+        Phase {
+            flows: (0..n).map(|_| Mutex::default()).collect(),
+            window: (0..n).map(|_| Semaphore::new(window)).collect(),
+            sent: AtomicU64::new(0),
+            recv: AtomicU64::new(0),
+            dups: AtomicU64::new(0),
+            hist: Mutex::new(
+                Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds"),
+            ),
+        }
+    }
+
+    fn record(&self, flow: usize, n: u64, t: u64) {
+        let Some(seen) = self.flows.get(flow) else {
+            return;
+        };
+        if lock(seen).insert(n) {
+            let lat = now_us().saturating_sub(t).max(1);
+            lock(&self.hist).saturating_record(lat);
+            self.recv.fetch_add(1, Ordering::Relaxed);
+            self.window[flow].add_permits(1);
+        } else {
+            self.dups.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn ms(&self, q: f64) -> f64 {
+        lock(&self.hist).value_at_quantile(q) as f64 / 1000.0
+    }
+}
+
+/// 1:1 end-to-end: a ring of `pairs` clients, each sending to the next; open-loop
+/// rates stepped up, then a closed-window throughput phase.
+pub async fn one_to_one(
+    t: &Target,
+    pop: Option<&Population>,
+    s: &Sizes,
+    out: &mut Vec<crate::report::Metric>,
+) -> Result<Outcome> {
+    let title = format!("1:1 end-to-end — {} pairs, {SIZE} B, QoS 1", s.pairs);
+    let mut sink = Sink::new(&title, out);
+    let mut res = Outcome::default();
+    let n = s.pairs.max(2);
+    let mqim = t.kind == Kind::Mqim;
+    let phases: Arc<Vec<Phase>> = Arc::new(
+        (0..=s.rates.len())
+            .map(|_| Phase::new(n, s.window))
+            .collect(),
+    );
+    let replies = Arc::new(Replies::default());
+
+    // Connect and subscribe.
+    let mut opts = Vec::new();
+    let mut dests = Vec::new();
+    for i in 0..n {
+        let next = (i + 1) % n;
+        let (o, topic, to) = match pop {
+            Some(p) => (
+                Opts::new(t.mqtt, p.ring[i].device("r"), p.ring[i].creds()),
+                p.ring[i].outbox(),
+                Some(To::User(p.ring[next].id)),
+            ),
+            None => (
+                Opts::new(t.mqtt, format!("p{i}"), None),
+                format!("bench/p/{next}"),
+                None,
+            ),
+        };
+        let mut o = o;
+        o.cap = 4096;
+        let phases = phases.clone();
+        let replies = replies.clone();
+        let h: Handler = Arc::new(move |_, payload| match parse(mqim, payload) {
+            Rx::Msg(c, _) => {
+                if let Some([ph, flow, k, ts]) = fields::<4>(&c, "m") {
+                    // mqim also sends a sender's message to its own inbox (for its other
+                    // devices): not a delivery of this flow.
+                    if flow as usize == i {
+                        return;
+                    }
+                    if let Some(p) = phases.get(ph as usize) {
+                        p.record(flow as usize, k, ts);
+                    }
+                }
+            }
+            Rx::Ack => {
+                replies.acks.fetch_add(1, Ordering::Relaxed);
+            }
+            Rx::Error(code) => replies.error(code),
+            Rx::Other => {}
+        });
+        opts.push((o, h));
+        dests.push((topic, to));
+    }
+    let (conns, failed, first) = connect_many(opts, 200).await;
+    if failed > 0 {
+        bail!(
+            "{failed} of {n} connections failed: {}",
+            first.unwrap_or_default()
+        );
+    }
+    let mut conns: Vec<Conn> = conns.into_iter().flatten().collect();
+    for (i, c) in conns.iter_mut().enumerate() {
+        let filter = match pop {
+            Some(p) => p.ring[i].inbox(),
+            None => format!("bench/p/{i}"),
+        };
+        c.subscribe(&[filter], CONNECT_WAIT).await?;
+    }
+
+    let send = |client: &rumqttc::AsyncClient, flow: usize, ph: usize, k: u64| {
+        let (topic, to) = &dests[flow];
+        let content = format!("m:{ph}:{flow}:{k}:{}:", now_us());
+        let cmid = format!("{ph}-{k}");
+        let body = payload(to.map(|to| (to, cmid.as_str())), &content, SIZE);
+        client.try_publish(topic.as_str(), QoS::AtLeastOnce, false, body)
+    };
+
+    // Open-loop rates.
+    let mut best_rate = 0u64;
+    let mut max_lag_ms = 0.0f64;
+    for (ph, &rate) in s.rates.iter().enumerate() {
+        let p = &phases[ph];
+        let total = rate * s.phase.as_millis() as u64 / 1000;
+        let mut counters = vec![0u64; n];
+        let start = now_us();
+        let mut k = 0u64;
+        let mut refused = 0u64;
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        while k < total {
+            tick.tick().await;
+            let el = now_us() - start;
+            let due = (el as u128 * rate as u128 / 1_000_000) as u64;
+            let due = due.min(total);
+            if k < due {
+                let intended = start + k * 1_000_000 / rate;
+                max_lag_ms = max_lag_ms.max(now_us().saturating_sub(intended) as f64 / 1000.0);
+            }
+            while k < due {
+                let flow = (k % n as u64) as usize;
+                let kk = counters[flow];
+                match send(&conns[flow].client, flow, ph, kk) {
+                    Ok(()) => {
+                        counters[flow] += 1;
+                        p.sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => refused += 1,
+                }
+                k += 1;
+            }
+        }
+        let sent = p.sent.load(Ordering::Relaxed);
+        wait_for(s.settle_limit, || p.recv.load(Ordering::Relaxed) >= sent).await;
+        let recv = p.recv.load(Ordering::Relaxed);
+        let lost = sent - recv.min(sent);
+        res.lost += lost;
+        res.dup += p.dups.load(Ordering::Relaxed);
+        if refused > 0 {
+            res.problems.push(format!(
+                "load client queue full: {refused} sends not made at {rate}/s"
+            ));
+        }
+        let p99 = p.ms(0.99);
+        let goal = if rate == 5_000 {
+            Goal::AtMost(10.0)
+        } else {
+            Goal::None
+        };
+        sink.info(format!("p50 at {rate} msg/s"), "ms", p.ms(0.5));
+        sink.add(format!("p99 at {rate} msg/s"), "ms", goal, p99);
+        sink.info(format!("p99.9 at {rate} msg/s"), "ms", p.ms(0.999));
+        if lost > 0 || p99 >= 50.0 {
+            break;
+        }
+        best_rate = rate;
+    }
+    sink.info(
+        "highest rate tried with p99 < 50 ms",
+        "msg/s",
+        best_rate as f64,
+    );
+    sink.info(
+        "load client: worst send lag behind schedule",
+        "ms",
+        max_lag_ms,
+    );
+
+    // Throughput: each pair keeps `window` messages in flight end to end.
+    let ph = s.rates.len();
+    let p = &phases[ph];
+    let cpu0 = t.cpu_secs().unwrap_or(0.0);
+    let me0 = cpu_secs_of(std::process::id()).unwrap_or(0.0);
+    let start = now_us();
+    let end = start + s.tput.as_micros() as u64;
+    let mut tasks = Vec::new();
+    for (flow, c) in conns.iter().enumerate() {
+        let client = c.client.clone();
+        let phases = phases.clone();
+        let (topic, to) = dests[flow].clone();
+        tasks.push(tokio::spawn(async move {
+            let p = &phases[ph];
+            let mut k = 0u64;
+            loop {
+                let Ok(permit) = p.window[flow].acquire().await else {
+                    break;
+                };
+                permit.forget();
+                if now_us() >= end {
+                    break;
+                }
+                let content = format!("m:{ph}:{flow}:{k}:{}:", now_us());
+                let cmid = format!("{ph}-{k}");
+                let body = payload(to.map(|to| (to, cmid.as_str())), &content, SIZE);
+                if client
+                    .publish(topic.as_str(), QoS::AtLeastOnce, false, body)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                p.sent.fetch_add(1, Ordering::Relaxed);
+                k += 1;
+            }
+        }));
+    }
+    tokio::time::sleep_until(tokio::time::Instant::now() + s.tput).await;
+    let in_time = p.recv.load(Ordering::Relaxed);
+    let elapsed = (now_us() - start) as f64 / 1e6;
+    let cpu1 = t.cpu_secs().unwrap_or(0.0);
+    let me1 = cpu_secs_of(std::process::id()).unwrap_or(0.0);
+    // Wake senders stuck on a full window so they see the end.
+    for w in &p.window {
+        w.add_permits(1);
+    }
+    for task in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+    let sent = p.sent.load(Ordering::Relaxed);
+    wait_for(s.settle_limit, || p.recv.load(Ordering::Relaxed) >= sent).await;
+    let recv = p.recv.load(Ordering::Relaxed);
+    res.lost += sent - recv.min(sent);
+    res.dup += p.dups.load(Ordering::Relaxed);
+    sink.add(
+        format!("sustained throughput ({} in flight per pair)", s.window),
+        "msg/s",
+        Goal::AtLeastOf(Kind::Mosquitto),
+        in_time as f64 / elapsed,
+    );
+    sink.info("p50 at saturation", "ms", p.ms(0.5));
+    sink.info("p99 at saturation", "ms", p.ms(0.99));
+    sink.info(
+        "server CPU during throughput",
+        "cores",
+        (cpu1 - cpu0) / elapsed,
+    );
+    sink.info(
+        "load generator CPU during throughput",
+        "cores",
+        (me1 - me0) / elapsed,
+    );
+    sink.info("lost", "msgs", res.lost as f64);
+    sink.info("duplicated", "msgs", res.dup as f64);
+    replies.check(&mut res);
+    drop(conns);
+    Ok(res)
+}
+
+// ---------------------------------------------------------------------------------
+// Fan-out
+
+/// Deliveries of group messages to `m` subscribers.
+struct Fan {
+    m: usize,
+    seen: Vec<Mutex<Seen>>,
+    count: Vec<AtomicU64>,
+    last: Vec<AtomicU64>,
+    dups: AtomicU64,
+}
+
+impl Fan {
+    fn new(m: usize, msgs: usize) -> Arc<Fan> {
+        Arc::new(Fan {
+            m,
+            seen: (0..m).map(|_| Mutex::default()).collect(),
+            count: (0..msgs).map(|_| AtomicU64::new(0)).collect(),
+            last: (0..msgs).map(|_| AtomicU64::new(0)).collect(),
+            dups: AtomicU64::new(0),
+        })
+    }
+
+    fn handler(self: &Arc<Self>, sub: usize, mqim: bool) -> Handler {
+        let fan = self.clone();
+        Arc::new(move |_, payload| {
+            if let Rx::Msg(c, _) = parse(mqim, payload) {
+                if let Some([idx, _]) = fields::<2>(&c, "g") {
+                    let idx = idx as usize;
+                    if idx >= fan.count.len() {
+                        return;
+                    }
+                    if lock(&fan.seen[sub]).insert(idx as u64) {
+                        fan.last[idx].fetch_max(now_us(), Ordering::Relaxed);
+                        fan.count[idx].fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        fan.dups.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+    }
+
+    fn complete(&self, idx: usize) -> bool {
+        self.count[idx].load(Ordering::Relaxed) >= self.m as u64
+    }
+}
+
+/// Publishes group message `idx` (mqim: a send frame to group `to`).
+async fn fan_publish(sender: &Conn, topic: &str, to: Option<To>, idx: usize) -> Result<u64> {
+    let t = now_us();
+    let content = format!("g:{idx}:{t}:");
+    let cmid = format!("g{idx}");
+    let body = payload(to.map(|to| (to, cmid.as_str())), &content, SIZE);
+    sender
+        .client
+        .publish(topic, QoS::AtLeastOnce, false, body)
+        .await?;
+    Ok(t)
+}
+
+/// Times `rounds` single messages to the last subscriber, then a burst for
+/// deliveries/s.
+#[allow(clippy::too_many_arguments)]
+async fn run_fan(
+    fan: &Arc<Fan>,
+    sender: &Conn,
+    topic: &str,
+    to: Option<To>,
+    rounds: usize,
+    burst: usize,
+    s: &Sizes,
+    sink: &mut Sink<'_>,
+    res: &mut Outcome,
+) -> Result<()> {
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    for idx in 0..rounds {
+        let t = fan_publish(sender, topic, to, idx).await?;
+        if wait_for(s.settle_limit, || fan.complete(idx)).await {
+            hist.saturating_record(fan.last[idx].load(Ordering::Relaxed).saturating_sub(t));
+        }
+    }
+    let t0 = now_us();
+    for idx in rounds..rounds + burst {
+        fan_publish(sender, topic, to, idx).await?;
+    }
+    wait_for(s.settle_limit, || {
+        (rounds..rounds + burst).all(|i| fan.complete(i))
+    })
+    .await;
+    let last = (rounds..rounds + burst)
+        .map(|i| fan.last[i].load(Ordering::Relaxed))
+        .max()
+        .unwrap_or(t0);
+    let delivered: u64 = (rounds..rounds + burst)
+        .map(|i| fan.count[i].load(Ordering::Relaxed))
+        .sum();
+    let total: u64 = fan.count.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+    res.lost += (fan.m * (rounds + burst)) as u64 - total;
+    res.dup += fan.dups.load(Ordering::Relaxed);
+    let big = fan.m >= 10_000;
+    sink.info(
+        format!("time to last member, p50 of {rounds} single messages"),
+        "ms",
+        hist.value_at_quantile(0.5) as f64 / 1000.0,
+    );
+    sink.add(
+        format!("time to last member, worst of {rounds} single messages"),
+        "ms",
+        if big { Goal::AtMost(100.0) } else { Goal::None },
+        hist.max() as f64 / 1000.0,
+    );
+    let secs = (last.saturating_sub(t0)).max(1) as f64 / 1e6;
+    sink.add(
+        format!("deliveries/s, burst of {burst} messages"),
+        "msg/s",
+        if big {
+            Goal::AtLeast(500_000.0)
+        } else {
+            Goal::None
+        },
+        delivered as f64 / secs,
+    );
+    sink.info(
+        format!("burst of {burst}: time to last delivery"),
+        "ms",
+        secs * 1000.0,
+    );
+    Ok(())
+}
+
+/// Sender of group messages: mqim → a device of `owner` subscribed to its inbox (for
+/// errors); plain → a client publishing on the group topic.
+async fn fan_sender(
+    t: &Target,
+    owner: Option<&User>,
+    replies: &Arc<Replies>,
+) -> Result<(Conn, String)> {
+    let mqim = t.kind == Kind::Mqim;
+    let r = replies.clone();
+    let h: Handler = Arc::new(move |_, payload| match parse(mqim, payload) {
+        Rx::Error(code) => r.error(code),
+        Rx::Ack => {
+            r.acks.fetch_add(1, Ordering::Relaxed);
+        }
+        _ => {}
+    });
+    match owner {
+        Some(u) => {
+            let mut o = Opts::new(t.mqtt, u.device("gsend"), u.creds());
+            o.cap = 4096;
+            let mut c = Conn::connect(o, h, CONNECT_WAIT).await?;
+            c.subscribe(&[u.inbox()], CONNECT_WAIT).await?;
+            Ok((c, u.outbox()))
+        }
+        None => {
+            let mut o = Opts::new(t.mqtt, "gsend", None);
+            o.cap = 4096;
+            Ok((Conn::connect(o, h, CONNECT_WAIT).await?, String::new()))
+        }
+    }
+}
+
+/// Group fan-out to a `group`-member group, one device per member.
+pub async fn fan_out(
+    t: &Target,
+    pop: Option<&Population>,
+    s: &Sizes,
+    out: &mut Vec<crate::report::Metric>,
+) -> Result<Outcome> {
+    let title = format!("group fan-out — {} members, {SIZE} B, QoS 1", s.group);
+    let mut sink = Sink::new(&title, out);
+    let mut res = Outcome::default();
+    let mqim = t.kind == Kind::Mqim;
+    let m = s.group;
+    let fan = Fan::new(m, s.group_rounds + s.group_burst);
+    let (filter, to) = match pop {
+        Some(p) => (
+            format!("im/g/{}/in/json", p.group),
+            Some(To::Group(p.group)),
+        ),
+        None => ("bench/g".to_owned(), None),
+    };
+    let opts: Vec<(Opts, Handler)> = (0..m)
+        .map(|i| {
+            let o = match pop {
+                Some(p) => Opts::new(t.mqtt, p.ring[i].device("g"), p.ring[i].creds()),
+                None => Opts::new(t.mqtt, format!("g{i}"), None),
+            };
+            (o, fan.handler(i, mqim))
+        })
+        .collect();
+    let (conns, failed, first) = connect_many(opts, 200).await;
+    if failed > 0 {
+        bail!(
+            "{failed} of {m} connections failed: {}",
+            first.unwrap_or_default()
+        );
+    }
+    let mut conns: Vec<Conn> = conns.into_iter().flatten().collect();
+    subscribe_many(&mut conns, &filter, 200).await?;
+    let replies = Arc::new(Replies::default());
+    let (sender, outbox) = fan_sender(t, pop.map(|p| &p.ring[0]), &replies).await?;
+    let topic = if mqim { outbox } else { filter.clone() };
+    run_fan(
+        &fan,
+        &sender,
+        &topic,
+        to,
+        s.group_rounds,
+        s.group_burst,
+        s,
+        &mut sink,
+        &mut res,
+    )
+    .await?;
+    sink.info("lost", "msgs", res.lost as f64);
+    sink.info("duplicated", "msgs", res.dup as f64);
+    replies.check(&mut res);
+    Ok(res)
+}
+
+// ---------------------------------------------------------------------------------
+// Connect storm, idle connections, broadcast
+
+/// 10,000 clients connect (storm); they stay idle (memory, CPU); then they all
+/// subscribe to one group and receive a broadcast.
+pub async fn storm_idle_broadcast(
+    t: &Target,
+    pop: Option<&Population>,
+    s: &Sizes,
+    out: &mut Vec<crate::report::Metric>,
+) -> Result<Outcome> {
+    let n = s.accounts * s.devices;
+    let mut res = Outcome::default();
+    let mqim = t.kind == Kind::Mqim;
+    let fan = Fan::new(n, s.bcast_rounds + s.bcast_burst);
+    let opts: Vec<(Opts, Handler)> = (0..n)
+        .map(|i| {
+            let mut o = match pop {
+                Some(p) => {
+                    let u = &p.accounts[i / s.devices];
+                    Opts::new(t.mqtt, u.device(&format!("s{}", i % s.devices)), u.creds())
+                }
+                None => Opts::new(t.mqtt, format!("s{i}"), None),
+            };
+            o.keep_alive = Duration::from_secs(60);
+            o.cap = 16;
+            (o, fan.handler(i, mqim))
+        })
+        .collect();
+
+    let rss0 = t.rss_kib().unwrap_or(0);
+    let k0 = kernel_tcp_bytes().unwrap_or(0);
+    let cpu0 = t.cpu_secs().unwrap_or(0.0);
+    let t0 = now_us();
+    let (conns, failed, first) = connect_many(opts, s.storm_concurrency).await;
+    let storm_secs = (now_us() - t0) as f64 / 1e6;
+    let cpu_storm = t.cpu_secs().unwrap_or(0.0) - cpu0;
+    let ok = n - failed;
+    if failed > 0 {
+        res.problems.push(format!(
+            "{failed} of {n} connects failed: {}",
+            first.unwrap_or_default()
+        ));
+    }
+    {
+        let title = format!(
+            "connect storm — {n} clients, {} connecting at once",
+            s.storm_concurrency
+        );
+        let mut sink = Sink::new(&title, out);
+        sink.add(
+            "time until all connected",
+            "s",
+            Goal::AtMost(5.0),
+            storm_secs,
+        );
+        sink.info("CONNACKs/s", "conn/s", ok as f64 / storm_secs);
+        sink.info(
+            "server CPU during the storm",
+            "cores",
+            cpu_storm / storm_secs,
+        );
+        sink.info("failed connects", "conns", failed as f64);
+    }
+    tokio::time::sleep(s.settle).await;
+    let rss1 = t.rss_kib().unwrap_or(0);
+    let k1 = kernel_tcp_bytes().unwrap_or(0);
+    let c1 = t.cpu_secs().unwrap_or(0.0);
+    tokio::time::sleep(s.idle).await;
+    let c2 = t.cpu_secs().unwrap_or(0.0);
+    {
+        let title = format!("idle connections — {n} authenticated clients");
+        let mut sink = Sink::new(&title, out);
+        let per = (rss1.saturating_sub(rss0)) as f64 / ok.max(1) as f64;
+        sink.add(
+            "server memory per connection (RSS growth)",
+            "KiB",
+            Goal::AtMost(20.0),
+            per,
+        );
+        sink.info("server RSS with all connected", "KiB", rss1 as f64);
+        sink.info(
+            "kernel TCP memory per connection (both ends)",
+            "KiB",
+            k1.saturating_sub(k0) as f64 / 1024.0 / ok.max(1) as f64,
+        );
+        sink.info(
+            format!("server CPU at rest ({} s)", s.idle.as_secs()),
+            "%",
+            (c2 - c1) / s.idle.as_secs_f64() * 100.0,
+        );
+    }
+
+    let mut conns: Vec<Conn> = conns.into_iter().flatten().collect();
+    let (filter, to) = match pop {
+        Some(p) => (
+            format!("im/g/{}/in/json", p.bcast_group),
+            Some(To::Group(p.bcast_group)),
+        ),
+        None => ("bench/b".to_owned(), None),
+    };
+    subscribe_many(&mut conns, &filter, s.storm_concurrency).await?;
+    let replies = Arc::new(Replies::default());
+    let (sender, outbox) = fan_sender(t, pop.map(|p| &p.accounts[0]), &replies).await?;
+    let topic = if mqim { outbox } else { filter.clone() };
+    // Same title for every system, so that the rows line up.
+    let title = format!(
+        "broadcast — {n} online members ({} accounts × {} devices on mqim), {SIZE} B, QoS 1",
+        s.accounts, s.devices
+    );
+    let mut sink = Sink::new(&title, out);
+    let cpu_b = t.cpu_secs().unwrap_or(0.0);
+    let tb = now_us();
+    // A fan of fewer subscribers than planned (failed connects) never completes.
+    let mut fan_res = Outcome::default();
+    if failed == 0 {
+        run_fan(
+            &fan,
+            &sender,
+            &topic,
+            to,
+            s.bcast_rounds,
+            s.bcast_burst,
+            s,
+            &mut sink,
+            &mut fan_res,
+        )
+        .await?;
+        let secs = (now_us() - tb) as f64 / 1e6;
+        sink.info(
+            "server CPU during the broadcast",
+            "cores",
+            (t.cpu_secs().unwrap_or(0.0) - cpu_b) / secs,
+        );
+    }
+    res.lost += fan_res.lost;
+    res.dup += fan_res.dup;
+    sink.info("lost", "msgs", res.lost as f64);
+    sink.info("duplicated", "msgs", res.dup as f64);
+    replies.check(&mut res);
+    drop(sender);
+    drop(conns);
+    Ok(res)
+}
+
+// ---------------------------------------------------------------------------------
+// Offline drain
+
+struct DrainRx {
+    seen: Mutex<Seen>,
+    order: Mutex<(u64, i64)>,
+    count: AtomicU64,
+    dups: AtomicU64,
+    disorder: AtomicU64,
+    last: AtomicU64,
+}
+
+impl DrainRx {
+    fn new() -> Arc<DrainRx> {
+        Arc::new(DrainRx {
+            seen: Mutex::default(),
+            order: Mutex::new((0, 0)),
+            count: AtomicU64::new(0),
+            dups: AtomicU64::new(0),
+            disorder: AtomicU64::new(0),
+            last: AtomicU64::new(0),
+        })
+    }
+
+    fn handler(self: &Arc<Self>, mqim: bool) -> Handler {
+        let me = self.clone();
+        Arc::new(move |_, payload| {
+            if let Rx::Msg(c, seq) = parse(mqim, payload) {
+                if let Some([_, k]) = fields::<2>(&c, "d") {
+                    {
+                        // In order: message numbers (and mqim's seqs) strictly ascending.
+                        let mut o = lock(&me.order);
+                        let seq = seq.unwrap_or(0);
+                        let first = me.count.load(Ordering::Relaxed) == 0
+                            && me.dups.load(Ordering::Relaxed) == 0;
+                        if !first && (k <= o.0 || (seq != 0 && seq <= o.1)) {
+                            me.disorder.fetch_add(1, Ordering::Relaxed);
+                        }
+                        *o = (k, seq);
+                    }
+                    if lock(&me.seen).insert(k) {
+                        me.last.fetch_max(now_us(), Ordering::Relaxed);
+                        me.count.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        me.dups.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// Offline drain: messages wait for devices that are away; then the devices connect
+/// and receive them all, in order.
+pub async fn offline_drain(
+    t: &Target,
+    pop: Option<&Population>,
+    s: &Sizes,
+    out: &mut Vec<crate::report::Metric>,
+) -> Result<Outcome> {
+    let title = "offline drain — messages waiting, then the device connects (QoS 1)";
+    let mut sink = Sink::new(title, out);
+    let mut res = Outcome::default();
+    let mqim = t.kind == Kind::Mqim;
+    let counts: Vec<usize> = std::iter::once(s.drain_one)
+        .chain(std::iter::repeat_n(s.drain_each, s.drain_many))
+        .collect();
+    let total: usize = counts.iter().sum();
+    let rxs: Vec<Arc<DrainRx>> = counts.iter().map(|_| DrainRx::new()).collect();
+
+    // Plain brokers queue for a persistent session: subscribe once, then go away.
+    if pop.is_none() {
+        for r in 0..counts.len() {
+            let mut o = Opts::new(t.mqtt, format!("dr{r}"), None);
+            o.clean = false;
+            let mut c = Conn::connect(o, client::ignore(), CONNECT_WAIT).await?;
+            c.subscribe(&[format!("bench/d/{r}")], CONNECT_WAIT).await?;
+            c.disconnect().await;
+        }
+    }
+
+    // Fill: send everything while nobody is online.
+    let replies = Arc::new(Replies::default());
+    let pubacks = Arc::new(AtomicU64::new(0));
+    let window = Arc::new(Semaphore::new(1000));
+    let sender = {
+        let r = replies.clone();
+        let w = window.clone();
+        let h: Handler = Arc::new(move |_, payload| match parse(mqim, payload) {
+            Rx::Ack => {
+                r.acks.fetch_add(1, Ordering::Relaxed);
+                w.add_permits(1);
+            }
+            Rx::Error(code) => {
+                r.error(code);
+                w.add_permits(1);
+            }
+            _ => {}
+        });
+        match pop {
+            Some(p) => {
+                let u = &p.drain_sender;
+                let mut o = Opts::new(t.mqtt, u.device("ds"), u.creds());
+                o.cap = 4096;
+                let mut c = Conn::connect(o, h, CONNECT_WAIT).await?;
+                c.subscribe(&[u.inbox()], CONNECT_WAIT).await?;
+                c
+            }
+            None => {
+                let mut o = Opts::new(t.mqtt, "dsend", None);
+                o.cap = 4096;
+                o.pubacks = Some(pubacks.clone());
+                Conn::connect(o, h, CONNECT_WAIT).await?
+            }
+        }
+    };
+    let tf = now_us();
+    for (r, &count) in counts.iter().enumerate() {
+        for k in 0..count {
+            let content = format!("d:{r}:{k}:");
+            let (topic, body) = match pop {
+                Some(p) => {
+                    window.acquire().await?.forget();
+                    let cmid = format!("d{r}-{k}");
+                    (
+                        p.drain_sender.outbox(),
+                        payload(
+                            Some((To::User(p.drain[r].id), cmid.as_str())),
+                            &content,
+                            SIZE,
+                        ),
+                    )
+                }
+                None => (format!("bench/d/{r}"), payload(None, &content, SIZE)),
+            };
+            sender
+                .client
+                .publish(topic, QoS::AtLeastOnce, false, body)
+                .await?;
+        }
+    }
+    let stored = wait_for(s.limit / 2, || {
+        let n = if mqim {
+            replies.acks.load(Ordering::Relaxed) + replies.errors.load(Ordering::Relaxed)
+        } else {
+            pubacks.load(Ordering::Relaxed)
+        };
+        n >= total as u64
+    })
+    .await;
+    if !stored {
+        bail!("the {total} messages were not all acknowledged in time");
+    }
+    sink.info(
+        if mqim {
+            "fill: messages stored (acked) per second"
+        } else {
+            "fill: messages queued (PUBACKed) per second"
+        },
+        "msg/s",
+        total as f64 / ((now_us() - tf) as f64 / 1e6),
+    );
+    drop(sender);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Drain: one device, then many at once.
+    let connect = |r: usize| {
+        let (o, filter) = match pop {
+            Some(p) => (
+                Opts::new(t.mqtt, p.drain[r].device("new"), p.drain[r].creds()),
+                Some(p.drain[r].inbox()),
+            ),
+            None => {
+                let mut o = Opts::new(t.mqtt, format!("dr{r}"), None);
+                o.clean = false;
+                (o, None)
+            }
+        };
+        let h = rxs[r].handler(mqim);
+        async move {
+            let mut c = Conn::connect(o, h, CONNECT_WAIT).await?;
+            if let Some(f) = filter {
+                c.subscribe(&[f], CONNECT_WAIT).await?;
+            }
+            Ok::<Conn, anyhow::Error>(c)
+        }
+    };
+    let done = |r: usize| rxs[r].count.load(Ordering::Relaxed) >= counts[r] as u64;
+
+    let t0 = now_us();
+    let one = connect(0).await?;
+    let complete = wait_for(s.limit / 4, || done(0)).await;
+    let secs = rxs[0].last.load(Ordering::Relaxed).saturating_sub(t0) as f64 / 1e6;
+    if complete {
+        sink.add(
+            format!("1 device × {}: connect to last message", s.drain_one),
+            "s",
+            Goal::AtMost(1.0),
+            secs,
+        );
+        sink.info(
+            format!("1 device × {}: messages/s", s.drain_one),
+            "msg/s",
+            s.drain_one as f64 / secs.max(1e-6),
+        );
+    }
+    drop(one);
+
+    let t0 = now_us();
+    let many: Vec<Result<Conn>> = stream::iter(1..counts.len())
+        .map(connect)
+        .buffer_unordered(s.drain_many.max(1))
+        .collect()
+        .await;
+    let many: Vec<Conn> = many.into_iter().collect::<Result<_>>()?;
+    let complete = wait_for(s.limit / 4, || (1..counts.len()).all(done)).await;
+    let last = (1..counts.len())
+        .map(|r| rxs[r].last.load(Ordering::Relaxed))
+        .max()
+        .unwrap_or(t0);
+    let secs = last.saturating_sub(t0) as f64 / 1e6;
+    if complete && s.drain_many > 0 {
+        sink.info(
+            format!(
+                "{} devices × {}: connect to last message",
+                s.drain_many, s.drain_each
+            ),
+            "s",
+            secs,
+        );
+        sink.info(
+            format!("{} devices × {}: messages/s", s.drain_many, s.drain_each),
+            "msg/s",
+            (s.drain_many * s.drain_each) as f64 / secs.max(1e-6),
+        );
+    }
+    drop(many);
+
+    let got: u64 = rxs.iter().map(|r| r.count.load(Ordering::Relaxed)).sum();
+    res.lost = total as u64 - got.min(total as u64);
+    res.dup = rxs.iter().map(|r| r.dups.load(Ordering::Relaxed)).sum();
+    let disorder: u64 = rxs.iter().map(|r| r.disorder.load(Ordering::Relaxed)).sum();
+    if disorder > 0 {
+        res.problems
+            .push(format!("{disorder} messages arrived out of order"));
+    }
+    sink.info("lost", "msgs", res.lost as f64);
+    sink.info("duplicated", "msgs", res.dup as f64);
+    sink.info("out of order", "msgs", disorder as f64);
+    replies.check(&mut res);
+    Ok(res)
+}
