@@ -74,6 +74,15 @@ pub async fn serve(
         push.clone(),
         config.messages.clone(),
     );
+    let presence = crate::presence::Presence::start(
+        db.clone(),
+        push.clone(),
+        broker.registry().clone(),
+        metrics.presence_updates.clone(),
+        metrics.online_users.clone(),
+    )
+    .await
+    .context("rebuilding presence")?;
     let state = AppState {
         config: config.clone(),
         db: db.clone(),
@@ -82,6 +91,11 @@ pub async fn serve(
         graph,
         push,
         messaging,
+        files: Arc::new(
+            crate::files::FileStore::open(&config.data_dir, config.files.clone())
+                .context("opening the file store under data_dir")?,
+        ),
+        presence,
         closer: broker.closer(),
         connections: broker.registry().clone(),
         started: Instant::now(),

@@ -36,6 +36,7 @@ pub struct Config {
     pub admin: AdminConfig,
     pub limits: LimitsConfig,
     pub messages: MessagesConfig,
+    pub files: FilesConfig,
     pub log: LogConfig,
 }
 
@@ -76,6 +77,7 @@ pub struct MqttConfig {
     pub connect_timeout_secs: u64,
     pub segment_bytes: usize,
     pub segment_count: usize,
+    pub session_policy: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -108,6 +110,41 @@ pub struct LimitsConfig {
     pub max_groups_per_user: i64,
     pub page_size: i64,
     pub max_page_size: i64,
+}
+
+/// Attachments: limits, allowed types, signed URLs (see `[files]` in the defaults).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilesConfig {
+    pub max_bytes: u64,
+    pub max_image_bytes: u64,
+    pub max_voice_bytes: u64,
+    pub max_video_bytes: u64,
+    pub allowed_types: Vec<String>,
+    pub url_secret: String,
+    pub signed_url_ttl_secs: i64,
+}
+
+impl std::fmt::Debug for FilesConfig {
+    /// Never prints the URL secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FilesConfig")
+            .field("max_bytes", &self.max_bytes)
+            .field("max_image_bytes", &self.max_image_bytes)
+            .field("max_voice_bytes", &self.max_voice_bytes)
+            .field("max_video_bytes", &self.max_video_bytes)
+            .field("allowed_types", &self.allowed_types)
+            .field(
+                "url_secret",
+                &if self.url_secret.is_empty() {
+                    ""
+                } else {
+                    "<set>"
+                },
+            )
+            .field("signed_url_ttl_secs", &self.signed_url_ttl_secs)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -177,6 +214,9 @@ impl Config {
                 self.mqtt.ws_addr
             ));
         }
+        if !matches!(self.mqtt.session_policy.as_str(), "multi" | "single") {
+            return bad("mqtt.session_policy must be \"multi\" or \"single\"".into());
+        }
         if !self.mqtt.ws_path.starts_with('/') {
             return bad("mqtt.ws_path must start with /".into());
         }
@@ -205,6 +245,31 @@ impl Config {
             || m.backlog_max_per_conversation < 1
         {
             return bad("messages limits must be positive".into());
+        }
+        let f = &self.files;
+        if f.max_bytes == 0
+            || f.max_image_bytes == 0
+            || f.max_voice_bytes == 0
+            || f.max_video_bytes == 0
+        {
+            return bad("files.max_*bytes must be at least 1".into());
+        }
+        if f.signed_url_ttl_secs < 1 {
+            return bad("files.signed_url_ttl_secs must be at least 1".into());
+        }
+        if !f.url_secret.is_empty() && f.url_secret.len() < 32 {
+            return bad(
+                "files.url_secret must be empty (generated) or at least 32 characters".into(),
+            );
+        }
+        if let Some(t) = f
+            .allowed_types
+            .iter()
+            .find(|t| t.as_str() != "*" && (!t.contains('/') || t.chars().any(char::is_whitespace)))
+        {
+            return bad(format!(
+                "files.allowed_types: {t:?} is not a type like \"image/png\", \"image/*\" or \"*\""
+            ));
         }
         if !matches!(self.log.format.as_str(), "pretty" | "json") {
             return bad("log.format must be \"pretty\" or \"json\"".into());

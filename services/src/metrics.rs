@@ -25,7 +25,7 @@ pub struct KindLabels {
 /// All metrics of the process.
 pub struct Metrics {
     registry: Registry,
-    /// Open, authenticated MQTT connections.
+    /// Open, authenticated MQTT connections (devices online).
     pub mqtt_connections: Gauge,
     /// MQTT connections accepted (CONNACK sent) since start.
     pub mqtt_connects: Counter,
@@ -41,6 +41,10 @@ pub struct Metrics {
     pub http_requests: Family<HttpLabels, Counter>,
     /// Frames received from clients, by frame type.
     pub frames_in: Family<KindLabels, Counter>,
+    /// Users with at least one connected device.
+    pub online_users: Gauge,
+    /// Retained presence updates published.
+    pub presence_updates: Counter,
 }
 
 impl Default for Metrics {
@@ -55,6 +59,8 @@ impl Default for Metrics {
             registrations: Counter::default(),
             http_requests: Family::default(),
             frames_in: Family::default(),
+            online_users: Gauge::default(),
+            presence_updates: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(

@@ -33,6 +33,10 @@ pub struct AppState {
     pub connections: Arc<Registry>,
     /// Messages: storage, delivery, offline backlog.
     pub messaging: Arc<crate::messaging::Messaging>,
+    /// Uploaded files: storage, limits, signed URLs.
+    pub files: Arc<crate::files::FileStore>,
+    /// Presence of users.
+    pub presence: Arc<crate::presence::Presence>,
     /// Process start, for uptime.
     pub started: Instant,
 }

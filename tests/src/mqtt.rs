@@ -204,6 +204,10 @@ impl MqttClient {
                 .await
                 .expect("expected frame in time")
                 .expect("connection alive");
+            // Presence payloads are not frames.
+            if r.topic.starts_with("im/p/") {
+                continue;
+            }
             let f = r.frame();
             if pred(&f) {
                 return (r, f);

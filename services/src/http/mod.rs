@@ -6,7 +6,10 @@
 //! appearing in the document.
 
 pub mod accounts;
+pub mod admin;
+pub mod devices;
 pub mod extract;
+pub mod files;
 pub mod friends;
 pub mod groups;
 pub mod messages;
@@ -43,6 +46,15 @@ impl Modify for BearerAuth {
                 "bearer",
                 SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
             );
+            c.add_security_scheme(
+                "admin",
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .description(Some("the admin.token of the server configuration"))
+                        .build(),
+                ),
+            );
         }
     }
 }
@@ -55,12 +67,15 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(friends::router())
         .merge(groups::router())
         .merge(messages::router())
+        .merge(files::router())
+        .merge(devices::router())
 }
 
 /// The whole HTTP application.
 pub fn app(state: AppState) -> Router {
     let (api, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", api())
+        .nest("/admin/v1", admin::router())
         .split_for_parts();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
     let doc = std::sync::Arc::new(doc);

@@ -20,11 +20,13 @@ use std::time::Duration;
 use mqim_broker::{device_topic, Connection, Fmt};
 use mqim_proto::{encode_server, peek_message, Format, ServerFrame};
 use parking_lot::Mutex;
+use sqlx::Row;
 use tokio::sync::{mpsc, Notify};
 
 use super::store::{self, CursorKey};
 use crate::config::MessagesConfig;
 use crate::db::Db;
+use crate::http::admin::NOTICES;
 use crate::push::Push;
 
 /// How long a backlog waits for a silent device before checking it is still there.
@@ -191,10 +193,65 @@ impl Delivery {
                 total += 1;
             }
         }
+        total += self.send_notices(conn, uid, &topic, fmt).await?;
         if total > 0 {
             tracing::debug!(conn = conn.id, total, "backlog sent");
         }
         Ok(())
+    }
+
+    /// System notices the device has not had (see `http::admin`), oldest first. The
+    /// device's notice position advances as they are sent.
+    async fn send_notices(
+        &self,
+        conn: &Connection,
+        uid: i64,
+        topic: &str,
+        fmt: Fmt,
+    ) -> Result<usize, sqlx::Error> {
+        let key = CursorKey {
+            uid,
+            client_id: conn.client_id.clone(),
+            conversation_id: NOTICES.to_owned(),
+        };
+        let saved: Option<i64> = sqlx::query(
+            "SELECT acked_seq FROM device_cursors WHERE user_id = $1 AND client_id = $2 AND conversation_id = $3",
+        )
+        .bind(uid)
+        .bind(&conn.client_id)
+        .bind(NOTICES)
+        .fetch_optional(&self.db.pool)
+        .await?
+        .map(|r| r.try_get("acked_seq"))
+        .transpose()?;
+        let after = saved
+            .unwrap_or(0)
+            .max(self.unsaved.lock().get(&key).copied().unwrap_or(0));
+        let rows = sqlx::query(
+            "SELECT n.id, n.text, n.created_at FROM notices n JOIN users u ON u.id = $1 \
+             WHERE (n.user_id = $1 OR n.user_id IS NULL) AND n.id > $2 AND n.created_at >= u.created_at \
+             ORDER BY n.id LIMIT 1000",
+        )
+        .bind(uid)
+        .bind(after)
+        .fetch_all(&self.db.pool)
+        .await?;
+        for r in &rows {
+            let id: i64 = r.try_get("id")?;
+            let text: String = r.try_get("text")?;
+            let created_at: i64 = r.try_get("created_at")?;
+            let frame = ServerFrame::Event {
+                event: "SYSTEM_NOTICE".into(),
+                data: serde_json::json!({"id": id, "text": text, "created_at": created_at}),
+            };
+            self.push.publisher().publish(
+                topic.to_owned(),
+                encode_server(format_of(fmt), &frame),
+                false,
+            );
+            self.advance(uid, &conn.client_id, NOTICES.to_owned(), id);
+        }
+        Ok(rows.len())
     }
 }
 

@@ -118,7 +118,8 @@ impl Messaging {
     ///
     /// # Errors
     /// `too_large` 413, `rate_limited` 429, `user_not_found`/`group_not_found` 404,
-    /// `not_friends`/`blocked`/`not_member`/`muted` 403, `bad_frame` 422.
+    /// `not_friends`/`blocked`/`not_member`/`muted` 403, `bad_frame` 422,
+    /// `file_not_found` 422 for a media message that names no uploaded file.
     pub async fn authorize(&self, sender: i64, r: &SendRequest) -> ApiResult<NewMessage> {
         let n = r.client_msg_id.chars().count();
         if n == 0 || n > 64 {
@@ -136,6 +137,12 @@ impl Messaging {
         }
         if !self.rate_ok(sender) {
             return Err(ApiError::rate_limited("too many messages; slow down"));
+        }
+        if matches!(
+            r.msg_type,
+            MsgType::Image | MsgType::Voice | MsgType::Video | MsgType::File
+        ) {
+            crate::files::check_reference(&self.db, &r.content).await?;
         }
         let conv = match (r.to_user, r.to_group) {
             (Some(to), None) => {
@@ -170,12 +177,7 @@ impl Messaging {
         if to == sender {
             return Err(ApiError::invalid("bad_frame", "cannot message yourself"));
         }
-        let blocked = sqlx::query("SELECT 1 FROM blocks WHERE user_id = $1 AND blocked_id = $2")
-            .bind(to)
-            .bind(sender)
-            .fetch_optional(&self.db.pool)
-            .await?
-            .is_some();
+        let blocked = self.graph.is_blocked(to, sender);
         if blocked {
             return Err(ApiError::forbidden(
                 "blocked",

@@ -314,6 +314,20 @@ pub async fn touch_device(db: &Db, uid: i64, client_id: &str) -> Result<(), sqlx
     Ok(())
 }
 
+/// Records that a device was last seen now.
+///
+/// # Errors
+/// Database errors.
+pub async fn device_seen(db: &Db, uid: i64, client_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE devices SET last_seen = $1 WHERE user_id = $2 AND client_id = $3")
+        .bind(now_ms())
+        .bind(uid)
+        .bind(client_id)
+        .execute(&db.pool)
+        .await?;
+    Ok(())
+}
+
 /// A conversation of a user with where a device (or the user) stands in it.
 #[derive(Debug, Clone)]
 pub struct ConvState {

@@ -9,6 +9,8 @@ use mqim_broker::{Connection, Grant};
 use mqim_proto::{
     decode_client, peek_client_msg_id, ClientFrame, ConversationId, ReceiptKind, ServerFrame,
 };
+use std::sync::Arc;
+
 use tokio::sync::mpsc;
 
 use super::Inbound;
@@ -43,15 +45,16 @@ pub async fn run(state: AppState, mut rx: mpsc::UnboundedReceiver<Inbound>) {
                         .to_user(uid, &ServerFrame::error(id, e.code, e.message));
                 }
             }
-            Inbound::Subscribed { conn, grant, qos } => {
-                if let Grant::Inbox { fmt, .. } = grant {
-                    state.messaging.delivery.drain(
-                        conn,
-                        fmt.unwrap_or(mqim_broker::Fmt::Json),
-                        qos,
-                    );
+            Inbound::Subscribed { conn, grant, qos } => match grant {
+                Grant::Inbox { fmt, .. } => {
+                    state
+                        .messaging
+                        .delivery
+                        .drain(conn, fmt.unwrap_or(mqim_broker::Fmt::Json), qos)
                 }
-            }
+                Grant::Presence { uid } => state.presence.watched(uid),
+                Grant::Group { .. } => {}
+            },
             Inbound::Delivered {
                 conn,
                 topic,
@@ -59,10 +62,41 @@ pub async fn run(state: AppState, mut rx: mpsc::UnboundedReceiver<Inbound>) {
             } => {
                 state.messaging.delivery.delivered(&conn, &topic, &payload);
             }
-            Inbound::Connected(_) => {}
-            Inbound::Disconnected(conn) => state.messaging.delivery.forget(&conn),
+            Inbound::Connected(conn) => connected(&state, &conn),
+            Inbound::Disconnected(conn) => {
+                state.messaging.delivery.forget(&conn);
+                if let Some(uid) = conn.user_id() {
+                    state.presence.touched(uid);
+                    let db = state.db.clone();
+                    let client = conn.client_id.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = store::device_seen(&db, uid, &client).await {
+                            tracing::warn!(error = %e, "recording device last-seen failed");
+                        }
+                    });
+                }
+            }
         }
     }
+}
+
+/// A device came online: presence, the device record, and the session policy.
+fn connected(state: &AppState, conn: &Arc<Connection>) {
+    let Some(uid) = conn.user_id() else { return };
+    state.presence.touched(uid);
+    if state.config.mqtt.session_policy == "single" {
+        let id = conn.id;
+        state
+            .closer
+            .close_where(|c| c.user_id() == Some(uid) && c.id != id);
+    }
+    let db = state.db.clone();
+    let client = conn.client_id.clone();
+    tokio::spawn(async move {
+        if let Err(e) = store::touch_device(&db, uid, &client).await {
+            tracing::warn!(error = %e, "recording device failed");
+        }
+    });
 }
 
 fn conversation(cid: &str) -> ApiResult<ConversationId> {
