@@ -157,7 +157,7 @@ pub async fn register(
         .await
         .map_err(ApiError::internal)?;
     let now = now_ms();
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     let row = sqlx::query(
         "INSERT INTO users (username, password_hash, nickname, created_at, updated_at) \
          VALUES ($1, $2, $3, $4, $4) RETURNING id",
@@ -233,7 +233,7 @@ pub async fn login(
     if !ok || disabled {
         return Err(ApiError::unauthorized("wrong username or password"));
     }
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     let s = issue_token(&mut tx, user_id, username, ttl_secs).await?;
     tx.commit().await?;
     Ok(s)

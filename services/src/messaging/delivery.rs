@@ -145,9 +145,13 @@ impl Delivery {
             tracks.insert(conn.id, t.clone());
             t
         };
+        // Messages stored after the subscription became active reach the device live;
+        // the backlog stops there (a message created just before and committed just
+        // after may come both ways: clients deduplicate by id).
+        let since = crate::now_ms();
         let me = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = me.run_drain(&conn, fmt, qos, &track).await {
+            if let Err(e) = me.run_drain(&conn, fmt, qos, &track, since).await {
                 tracing::warn!(error = %e, conn = conn.id, "offline delivery failed");
             }
             let mut tracks = me.tracks.lock();
@@ -163,6 +167,7 @@ impl Delivery {
         fmt: Fmt,
         qos: u8,
         track: &Track,
+        since: i64,
     ) -> Result<(), sqlx::Error> {
         let Some(uid) = conn.user_id() else {
             return Ok(());
@@ -174,7 +179,8 @@ impl Delivery {
         let mut sent: u64 = 0;
         let mut total = 0usize;
         for c in convs.iter().filter(|c| c.last_seq > c.base) {
-            let msgs = store::pending(&self.db, c, self.cfg.backlog_max_per_conversation).await?;
+            let msgs =
+                store::pending(&self.db, c, self.cfg.backlog_max_per_conversation, since).await?;
             for m in msgs {
                 if !conn.is_online() {
                     return Ok(());

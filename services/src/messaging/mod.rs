@@ -355,7 +355,7 @@ async fn writer(db: Db, push: Push, mut rx: mpsc::Receiver<Job>, batch_max: usiz
 /// Stores a batch in one transaction. Per-message rule failures (a bad `reply_to`) are
 /// per-message results; a database failure fails the whole batch.
 async fn store_batch(db: &Db, batch: &[Job]) -> Result<Vec<ApiResult<Stored>>, ApiError> {
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     let mut out = Vec::with_capacity(batch.len());
     for j in batch {
         match store::store_one(&mut tx, &j.msg).await {

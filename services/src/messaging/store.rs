@@ -278,7 +278,7 @@ pub struct CursorKey {
 /// # Errors
 /// Database errors.
 pub async fn save_cursors(db: &Db, cursors: &[(CursorKey, i64)]) -> Result<(), sqlx::Error> {
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     for (k, seq) in cursors {
         sqlx::query(
             "INSERT INTO device_cursors (user_id, client_id, conversation_id, acked_seq) VALUES ($1, $2, $3, $4) \
@@ -387,18 +387,26 @@ pub async fn conversations_of(
 }
 
 /// Messages of `c` after `c.base` that the user may receive (for groups, sent since
-/// they joined), oldest first, at most `limit` (the newest ones if more).
+/// they joined), created at or before `before`, oldest first, at most `limit` (the
+/// newest ones if more).
 ///
 /// # Errors
 /// Database errors.
-pub async fn pending(db: &Db, c: &ConvState, limit: i64) -> Result<Vec<MessageFrame>, sqlx::Error> {
+pub async fn pending(
+    db: &Db,
+    c: &ConvState,
+    limit: i64,
+    before: i64,
+) -> Result<Vec<MessageFrame>, sqlx::Error> {
     let from = c.base.max(c.last_seq - limit);
     let rows = sqlx::query(&format!(
-        "SELECT {MSG_COLS} FROM messages WHERE conversation_id = $1 AND seq > $2 AND created_at >= $3 ORDER BY seq"
+        "SELECT {MSG_COLS} FROM messages WHERE conversation_id = $1 AND seq > $2 AND created_at >= $3 \
+         AND created_at <= $4 ORDER BY seq"
     ))
     .bind(&c.id)
     .bind(from)
     .bind(c.joined_at.unwrap_or(0))
+    .bind(before)
     .fetch_all(&db.pool)
     .await?;
     rows.iter().map(frame_of).collect()

@@ -219,7 +219,7 @@ async fn handle(
                     let mut messages = Vec::new();
                     let mut has_more = false;
                     for c in convs.iter().filter(|c| c.last_seq > c.base) {
-                        let mut p = store::pending(m.db(), c, limit).await?;
+                        let mut p = store::pending(m.db(), c, limit, i64::MAX).await?;
                         let room = limit as usize - messages.len();
                         if p.len() > room {
                             p.truncate(room);

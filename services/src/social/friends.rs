@@ -313,7 +313,7 @@ pub async fn send_request(
         ));
     }
     check_text("invalid_message", "message", message, 200, true)?;
-    let mut tx = st.db.pool.begin().await?;
+    let mut tx = st.db.begin_write().await?;
     lock_users(&mut tx, me, to).await?;
     active_user(&mut *tx, to).await?;
     require_not_blocked(&mut tx, me, to).await?;
@@ -375,7 +375,7 @@ pub async fn send_request(
 /// # Errors
 /// See [`require_recipient`] and [`require_friend_capacity`].
 pub async fn accept_request(st: &AppState, me: i64, rid: i64) -> ApiResult<FriendRequest> {
-    let mut tx = st.db.pool.begin().await?;
+    let mut tx = st.db.begin_write().await?;
     let (from, to) = require_recipient(&mut tx, rid, me).await?;
     lock_users(&mut tx, from, to).await?;
     befriend(st, &mut tx, rid, from, to).await?;
@@ -390,7 +390,7 @@ pub async fn accept_request(st: &AppState, me: i64, rid: i64) -> ApiResult<Frien
 /// # Errors
 /// See [`require_recipient`].
 pub async fn reject_request(st: &AppState, me: i64, rid: i64) -> ApiResult<FriendRequest> {
-    let mut tx = st.db.pool.begin().await?;
+    let mut tx = st.db.begin_write().await?;
     let (from, _) = require_recipient(&mut tx, rid, me).await?;
     let done = sqlx::query(
         "UPDATE friend_requests SET state = 'rejected', updated_at = $1 \
@@ -418,7 +418,7 @@ pub async fn reject_request(st: &AppState, me: i64, rid: i64) -> ApiResult<Frien
 /// # Errors
 /// 404 `friend_not_found` when they are not friends.
 pub async fn remove_friend(st: &AppState, me: i64, other: i64) -> ApiResult<()> {
-    let mut tx = st.db.pool.begin().await?;
+    let mut tx = st.db.begin_write().await?;
     let done = sqlx::query(
         "DELETE FROM friendships WHERE (user_id = $1 AND friend_id = $2) \
          OR (user_id = $2 AND friend_id = $1)",
@@ -457,7 +457,7 @@ pub async fn block(st: &AppState, me: i64, other: i64) -> ApiResult<()> {
             "you cannot block yourself",
         ));
     }
-    let mut tx = st.db.pool.begin().await?;
+    let mut tx = st.db.begin_write().await?;
     active_user(&mut *tx, other).await?;
     let now = now_ms();
     sqlx::query(

@@ -184,7 +184,7 @@ pub async fn create(
     let name = name.trim();
     check_name(name)?;
     check_announcement(announcement)?;
-    let mut tx = st.db.pool.begin().await?;
+    let mut tx = st.db.begin_write().await?;
     lock_users(&mut tx, me, me).await?;
     require_group_quota(st, &mut tx, me, me).await?;
     let now = now_ms();
@@ -331,7 +331,7 @@ pub async fn update(
     if let Some(a) = announcement {
         check_announcement(a)?;
     }
-    let mut tx = st.db.pool.begin().await?;
+    let mut tx = st.db.begin_write().await?;
     lock_group(&mut tx, gid).await?;
     let role = role_of(&mut tx, gid, me).await?;
     visible_or_404(&mut tx, gid, me, role).await?;
@@ -369,7 +369,7 @@ pub async fn update(
 /// # Errors
 /// 404 `group_not_found`; 403 `not_member`/`not_owner`.
 pub async fn dissolve(st: &AppState, me: i64, gid: i64) -> ApiResult<()> {
-    let mut tx = st.db.pool.begin().await?;
+    let mut tx = st.db.begin_write().await?;
     lock_group(&mut tx, gid).await?;
     let role = role_of(&mut tx, gid, me).await?;
     visible_or_404(&mut tx, gid, me, role).await?;

@@ -133,7 +133,7 @@ pub async fn request_join(
     message: &str,
 ) -> ApiResult<JoinRequest> {
     check_text("invalid_message", "message", message, 200, true)?;
-    let mut tx = st.db.pool.begin().await?;
+    let mut tx = st.db.begin_write().await?;
     let policy = lock_group(&mut tx, gid).await?;
     let role = role_of(&mut tx, gid, me).await?;
     visible_or_404(&mut tx, gid, me, role).await?;
@@ -189,7 +189,7 @@ pub async fn list_requests(
     limit: i64,
     offset: i64,
 ) -> ApiResult<Vec<JoinRequest>> {
-    let mut tx = st.db.pool.begin().await?;
+    let mut tx = st.db.begin_write().await?;
     let role = role_of(&mut tx, gid, me).await?;
     visible_or_404(&mut tx, gid, me, role).await?;
     require_admin(role)?;
@@ -225,7 +225,7 @@ pub async fn answer_request(
     rid: i64,
     accept: bool,
 ) -> ApiResult<JoinRequest> {
-    let mut tx = st.db.pool.begin().await?;
+    let mut tx = st.db.begin_write().await?;
     lock_group(&mut tx, gid).await?;
     let role = role_of(&mut tx, gid, me).await?;
     visible_or_404(&mut tx, gid, me, role).await?;
@@ -283,7 +283,7 @@ pub async fn answer_request(
 /// 404 `group_not_found`/`user_not_found`; 403 `not_member`/`not_admin`/`blocked`;
 /// 409 `already_member`, `unblock_first`, `group_full`, `group_limit_reached`.
 pub async fn add_member(st: &AppState, me: i64, gid: i64, uid: i64) -> ApiResult<Member> {
-    let mut tx = st.db.pool.begin().await?;
+    let mut tx = st.db.begin_write().await?;
     let policy = lock_group(&mut tx, gid).await?;
     let role = role_of(&mut tx, gid, me).await?;
     visible_or_404(&mut tx, gid, me, role).await?;
@@ -311,7 +311,7 @@ pub async fn add_member(st: &AppState, me: i64, gid: i64, uid: i64) -> ApiResult
 /// 404 `group_not_found`/`member_not_found`; 403 `not_member`/`not_admin`/`outranked`;
 /// 409 `owner_cannot_leave`.
 pub async fn remove_member(st: &AppState, me: i64, gid: i64, uid: i64) -> ApiResult<()> {
-    let mut tx = st.db.pool.begin().await?;
+    let mut tx = st.db.begin_write().await?;
     lock_group(&mut tx, gid).await?;
     let role = role_of(&mut tx, gid, me).await?;
     visible_or_404(&mut tx, gid, me, role).await?;
@@ -384,7 +384,7 @@ pub async fn update_member(
             ));
         }
     }
-    let mut tx = st.db.pool.begin().await?;
+    let mut tx = st.db.begin_write().await?;
     lock_group(&mut tx, gid).await?;
     let role = role_of(&mut tx, gid, me).await?;
     visible_or_404(&mut tx, gid, me, role).await?;
