@@ -100,19 +100,13 @@ impl Presence {
     /// Someone subscribed to `uid`'s presence: make sure there is something retained
     /// (users who registered since start-up and never connected have nothing yet).
     pub fn watched(&self, uid: i64) {
-        let mut published = self.published.lock();
-        tracing::debug!(
-            uid,
-            known = published.contains_key(&uid),
-            "presence watched"
-        );
-        if !published.contains_key(&uid) {
+        if let std::collections::hash_map::Entry::Vacant(e) = self.published.lock().entry(uid) {
             let s = State {
                 online: self.is_online(uid),
                 last_seen: None,
             };
             publish(&self.push, uid, s);
-            published.insert(uid, s);
+            e.insert(s);
         }
     }
 
