@@ -112,6 +112,8 @@ struct PendingSub {
 /// The per-connection protocol wrapper (see the module docs).
 pub struct Guard {
     shared: Arc<Shared>,
+    /// The socket's peer, learnt when rumqttd cloned this codec for it.
+    peer: Option<std::net::SocketAddr>,
     live: Option<Live>,
     state: Mutex<State>,
 }
@@ -120,7 +122,9 @@ impl Clone for Guard {
     /// Servers clone the template once per accepted socket; the template never has a
     /// connection, so a clone starts fresh.
     fn clone(&self) -> Self {
-        Guard::new(self.shared.clone())
+        let mut g = Guard::new(self.shared.clone());
+        g.peer = crate::peer::take_accepted();
+        g
     }
 }
 
@@ -128,6 +132,7 @@ impl Guard {
     pub(crate) fn new(shared: Arc<Shared>) -> Guard {
         Guard {
             shared,
+            peer: None,
             live: None,
             state: Mutex::new(State::default()),
         }
@@ -156,10 +161,11 @@ impl Guard {
             );
             return Err(Error::IncorrectPacketFormat);
         }
+        let peer = self.peer.map(crate::peer::resolve);
         let conn = self
             .shared
             .registry
-            .insert(&connect.client_id, &login.username);
+            .insert(&connect.client_id, &login.username, peer);
         let login = Some(login);
         connect.client_id = conn.internal_id.clone();
         connect.clean_session = true;

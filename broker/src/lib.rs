@@ -17,6 +17,7 @@ pub mod clientid;
 pub mod embedded;
 mod guard;
 pub mod hooks;
+pub mod peer;
 pub mod registry;
 pub mod topics;
 mod ws;

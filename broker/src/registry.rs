@@ -40,6 +40,8 @@ pub struct Connection {
     principal: OnceLock<Principal>,
     /// When the connection was accepted, in unix milliseconds.
     pub connected_at: i64,
+    /// The client's address, when known (see [`crate::peer`]).
+    pub peer: Option<std::net::SocketAddr>,
     online: AtomicBool,
     closing: AtomicBool,
 }
@@ -87,7 +89,12 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub(crate) fn insert(&self, client_id: &str, username: &str) -> Arc<Connection> {
+    pub(crate) fn insert(
+        &self,
+        client_id: &str,
+        username: &str,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Arc<Connection> {
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let conn = Arc::new(Connection {
             id,
@@ -96,6 +103,7 @@ impl Registry {
             username: username.to_owned(),
             principal: OnceLock::new(),
             connected_at: now_ms(),
+            peer,
             online: AtomicBool::new(false),
             closing: AtomicBool::new(false),
         });

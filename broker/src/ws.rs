@@ -28,7 +28,10 @@ pub(crate) async fn serve(
     let local = listener.local_addr()?;
     let app = Router::new().route(
         path,
-        get(move |ws: WebSocketUpgrade| async move { upgrade(ws, target) }),
+        get(
+            move |axum::extract::ConnectInfo(client): axum::extract::ConnectInfo<SocketAddr>,
+                  ws: WebSocketUpgrade| async move { upgrade(ws, target, client) },
+        ),
     );
     // A request that has not finished its upgrade in time is dropped; the timeout
     // layer bounds the HTTP part of the handshake.
@@ -37,7 +40,12 @@ pub(crate) async fn serve(
         deadline,
     ));
     let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        if let Err(e) = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        {
             tracing::warn!(error = %e, "MQTT over WebSocket listener stopped");
         }
     });
@@ -56,17 +64,25 @@ async fn deadline(
     }
 }
 
-fn upgrade(ws: WebSocketUpgrade, target: SocketAddr) -> axum::response::Response {
+fn upgrade(
+    ws: WebSocketUpgrade,
+    target: SocketAddr,
+    client: SocketAddr,
+) -> axum::response::Response {
     ws.protocols(["mqtt", "mqttv3.1"])
         .max_message_size(1 << 20)
-        .on_upgrade(move |socket| pipe(socket, target))
+        .on_upgrade(move |socket| pipe(socket, target, client))
 }
 
-async fn pipe(socket: WebSocket, target: SocketAddr) {
+async fn pipe(socket: WebSocket, target: SocketAddr, client: SocketAddr) {
     let Ok(tcp) = TcpStream::connect(target).await else {
         debug!("MQTT listener unreachable from the WebSocket proxy");
         return;
     };
+    let local = tcp.local_addr().ok();
+    if let Some(l) = local {
+        crate::peer::register_proxied(l, client);
+    }
     let _ = tcp.set_nodelay(true);
     let (mut tcp_rx, mut tcp_tx) = tcp.into_split();
     let (mut ws_tx, mut ws_rx) = socket.split();
@@ -99,5 +115,8 @@ async fn pipe(socket: WebSocket, target: SocketAddr) {
     tokio::select! {
         _ = up => {}
         _ = down => {}
+    }
+    if let Some(l) = local {
+        crate::peer::forget_proxied(l);
     }
 }

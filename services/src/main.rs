@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use mqim::config::Config;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// mqim — instant messaging over MQTT.
 #[derive(Parser)]
@@ -73,12 +75,13 @@ fn init_logging(config: &Config) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     // Colors only for a terminal: logs piped to files or tests stay plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi);
+    let fmt = tracing_subscriber::fmt::layer().with_ansi(ansi);
+    // The accept layer learns client addresses from rumqttd's accept events, whatever
+    // the log filter says (see mqim_broker::peer).
+    let registry = tracing_subscriber::registry().with(mqim_broker::peer::AcceptLayer::filtered());
     if config.log.format == "json" {
-        builder.json().init();
+        registry.with(fmt.json().with_filter(filter)).init();
     } else {
-        builder.init();
+        registry.with(fmt.with_filter(filter)).init();
     }
 }

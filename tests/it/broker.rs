@@ -278,6 +278,20 @@ async fn websocket_clients_work_and_a_stalled_handshake_blocks_nobody() {
         .await;
     ws.recv_frame_where(|f| matches!(f, ServerFrame::Pong {}))
         .await;
+    // The device list shows the WebSocket client's own address, not the proxy's.
+    let r = s.http.get("/api/v1/me/devices", &a.token).await;
+    let dev =
+        r.1.as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["client_id"] == "alice-ws")
+            .cloned()
+            .unwrap();
+    let addr: std::net::SocketAddr = dev["address"].as_str().unwrap().parse().unwrap();
+    assert!(
+        addr.ip().is_loopback() && addr.port() != s.mqtt_addr.port(),
+        "{addr}"
+    );
 
     // Bad credentials over WebSocket are refused too.
     let mut opts = rumqttc::MqttOptions::new(

@@ -136,6 +136,14 @@ async fn devices_list_disconnect_and_single_session_policy() {
     assert_eq!(list[0]["client_id"], "alice-laptop");
     assert_eq!(list[0]["online"], true);
     assert!(list[0]["connected_since"].as_i64().is_some());
+    // The client's address is known (for TCP from rumqttd's accept, see mqim_broker::peer).
+    let addr = list[0]["address"]
+        .as_str()
+        .expect("address of an online device");
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+    assert!(list
+        .iter()
+        .any(|d| d["client_id"] == "alice-phone" && d["address"].is_null()));
     assert_eq!(
         s.http
             .delete("/api/v1/me/devices/alice-laptop", &a.token)
@@ -324,4 +332,44 @@ async fn admin_api_is_disabled_without_a_token() {
         404,
         "admin_disabled",
     );
+}
+
+/// A raw MQTT 3.1.1 CONNECT with a 1 s keep-alive.
+fn connect_packet(client_id: &str, user: &str, pass: &str) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0b1100_0010, 0, 1];
+    for s in [client_id, user, pass] {
+        body.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        body.extend_from_slice(s.as_bytes());
+    }
+    let mut p = vec![0x10, body.len() as u8];
+    p.extend(body);
+    p
+}
+
+#[tokio::test]
+async fn a_silent_device_goes_offline_after_its_keep_alive() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = start_server().await;
+    let a = s.register("alice").await;
+    let b = s.register("bob").await;
+    befriend(&s, &a, &b).await;
+    let mut watcher = s.mqtt(&b, None).await;
+    assert_eq!(
+        watcher.subscribe_ok(&[&format!("im/p/{}", a.id)]).await,
+        [true]
+    );
+    assert_eq!(next_presence(&mut watcher, a.id).await["online"], false);
+    // A device that connects with a 1 s keep-alive and then says nothing, socket open.
+    let mut sock = tokio::net::TcpStream::connect(s.mqtt_addr).await.unwrap();
+    sock.write_all(&connect_packet("alice-silent", "alice", &a.token))
+        .await
+        .unwrap();
+    let mut connack = [0u8; 4];
+    sock.read_exact(&mut connack).await.unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+    assert_eq!(next_presence(&mut watcher, a.id).await["online"], true);
+    // rumqttd closes it after 1.5 × keep-alive; presence follows.
+    let p = next_presence(&mut watcher, a.id).await;
+    assert_eq!(p["online"], false);
+    drop(sock);
 }

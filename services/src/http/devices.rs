@@ -33,8 +33,7 @@ pub struct Device {
     pub first_seen: i64,
     /// When it was last connected (unix ms; now if online).
     pub last_seen: i64,
-    /// The peer address, when known. rumqttd does not expose the socket address of a
-    /// connection to the codec, so this is null for now (see the README).
+    /// The client's address (ip:port) of the current connection, when online and known.
     pub address: Option<String>,
 }
 
@@ -66,7 +65,7 @@ async fn list_devices(
             } else {
                 r.try_get("last_seen")?
             },
-            address: None,
+            address: conn.and_then(|c| c.peer).map(|a| a.to_string()),
             client_id,
         });
     }
@@ -79,7 +78,7 @@ async fn list_devices(
                 connected_since: Some(c.connected_at),
                 first_seen: c.connected_at,
                 last_seen: now,
-                address: None,
+                address: c.peer.map(|a| a.to_string()),
             });
         }
     }
