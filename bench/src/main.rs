@@ -57,6 +57,9 @@ struct Cli {
     /// Open-loop rates in msg/s, comma-separated (overrides the mode's).
     #[arg(long, value_delimiter = ',')]
     rates: Option<Vec<u64>>,
+    /// Connects in progress at once in the connect storm (overrides the mode's).
+    #[arg(long)]
+    storm_concurrency: Option<usize>,
     /// Connections of the storm/idle/broadcast scenario, as ACCOUNTSxDEVICES.
     #[arg(long, value_name = "AxD")]
     connections: Option<String>,
@@ -149,7 +152,17 @@ async fn main() -> ExitCode {
     };
     if let Some(p) = cli.pairs {
         sizes.pairs = p.max(2);
-        sizes.group = sizes.group.min(sizes.pairs.max(sizes.group));
+    }
+    if let Some(c) = cli.storm_concurrency {
+        sizes.storm_concurrency = c.max(1);
+    }
+    // Accounts only the skipped scenarios need are not made (registration is slow).
+    if !cli.scenarios.contains(&Scenario::OneToOne) && !cli.scenarios.contains(&Scenario::FanOut) {
+        sizes.pairs = 2;
+        sizes.group = 2;
+    }
+    if !cli.scenarios.contains(&Scenario::Drain) {
+        sizes.drain_many = 0;
     }
     if let Some(r) = cli.rates.clone() {
         sizes.rates = r;
@@ -254,6 +267,7 @@ async fn main() -> ExitCode {
         };
         for &sc in &cli.scenarios {
             let t0 = Instant::now();
+            let rss0 = t.rss_kib().unwrap_or(0);
             let dropped0 = client::DROPPED.load(Ordering::Relaxed);
             let mut out = Vec::new();
             let r = tokio::time::timeout(
@@ -286,11 +300,13 @@ async fn main() -> ExitCode {
             }
             let ok = ok && t.alive();
             println!(
-                "{} {}: {} in {:.1?} ({detail})",
+                "{} {}: {} in {:.1?}, server RSS {} → {} MiB ({detail})",
                 kind.name(),
                 sc.name(),
                 if ok { "ok" } else { "FAILED" },
-                t0.elapsed()
+                t0.elapsed(),
+                rss0 / 1024,
+                t.rss_kib().unwrap_or(0) / 1024,
             );
             checks.push(Check {
                 name: format!("{}: {}", kind.name(), sc.name()),

@@ -158,7 +158,7 @@ fn goal_cell(r: &Row) -> String {
 pub fn fmt(v: f64, unit: &str) -> String {
     match unit {
         "ms" | "s" | "cores" => format!("{v:.2}"),
-        "KiB" | "%" => format!("{v:.1}"),
+        "KiB" | "MiB" | "%" => format!("{v:.1}"),
         _ => group_digits(v.round() as i64),
     }
 }

@@ -857,7 +857,8 @@ pub async fn storm_idle_broadcast(
             Goal::AtMost(20.0),
             per,
         );
-        sink.info("server RSS with all connected", "KiB", rss1 as f64);
+        sink.info("server RSS before connecting", "MiB", rss0 as f64 / 1024.0);
+        sink.info("server RSS with all connected", "MiB", rss1 as f64 / 1024.0);
         sink.info(
             "kernel TCP memory per connection (both ends)",
             "KiB",
