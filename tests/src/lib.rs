@@ -42,6 +42,8 @@ pub struct Server {
     pub ws_addr: SocketAddr,
     /// Log lines of the current process.
     pub logs: Arc<Mutex<Vec<String>>>,
+    /// Tasks copying the process's stdout and stderr into `logs`.
+    readers: Vec<tokio::task::JoinHandle<()>>,
     /// HTTP client bound to `base`.
     pub http: Http,
 }
@@ -157,6 +159,7 @@ pub async fn start_server_with(env: &[(&str, &str)]) -> Server {
         mqtt_addr: "127.0.0.1:1".parse().unwrap(),
         ws_addr: "127.0.0.1:1".parse().unwrap(),
         logs: Arc::default(),
+        readers: Vec::new(),
         http: Http::new(""),
     };
     s.spawn().await;
@@ -182,6 +185,7 @@ impl Server {
         }
         let mut child = cmd.spawn().expect("start mqim (is it built?)");
         let logs: Arc<Mutex<Vec<String>>> = Arc::default();
+        let mut readers = Vec::new();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
         for stream in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
@@ -189,7 +193,7 @@ impl Server {
         ] {
             let logs = logs.clone();
             let tx = tx.clone();
-            tokio::spawn(async move {
+            readers.push(tokio::spawn(async move {
                 let mut lines = BufReader::new(stream).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     if std::env::var_os("MQIM_TEST_LOG").is_some() {
@@ -198,7 +202,7 @@ impl Server {
                     logs.lock().unwrap().push(line.clone());
                     let _ = tx.send(line);
                 }
-            });
+            }));
         }
         drop(tx);
         let (mut http, mut mqtt, mut ws) = (None, None, None);
@@ -236,6 +240,7 @@ impl Server {
         self.ws_addr = ws.unwrap();
         self.http = Http::new(&self.base);
         self.logs = logs;
+        self.readers = readers;
         self.child = Some(child);
     }
 
@@ -247,10 +252,19 @@ impl Server {
                 .args(["-TERM", &pid.to_string()])
                 .status();
         }
-        tokio::time::timeout(Duration::from_secs(20), child.wait())
+        let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
             .await
             .expect("server exits within 20 s of SIGTERM")
-            .unwrap()
+            .unwrap();
+        self.drain_logs().await;
+        status
+    }
+
+    /// Waits (bounded) until the output of the ended process has been read into `logs`.
+    async fn drain_logs(&mut self) {
+        for r in self.readers.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), r).await;
+        }
     }
 
     /// Kills the server with SIGKILL (no chance to flush anything).
@@ -258,6 +272,7 @@ impl Server {
         let mut child = self.child.take().expect("running");
         child.start_kill().unwrap();
         let _ = child.wait().await;
+        self.drain_logs().await;
     }
 
     /// Starts the server again on the same data directory and database (new ports).
