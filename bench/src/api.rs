@@ -134,7 +134,8 @@ impl Api {
     }
 
     /// Makes each pair friends, one pair at a time: concurrent friendship
-    /// transactions on SQLite fail with "database is locked" (500) in mqim today.
+    /// transactions on SQLite failed with "database is locked" (500) before mqim's
+    /// write transactions took the lock up front, and set-up is not what is measured.
     pub async fn befriend_all(&self, pairs: Vec<(User, User)>) -> Result<()> {
         for (a, b) in pairs {
             self.befriend(&a, &b).await?;
