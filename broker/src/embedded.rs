@@ -349,6 +349,13 @@ async fn start_tcp(
 
 fn start_publisher(linker: &Linker) -> Result<Publisher, BrokerError> {
     let (mut link_tx, link_rx) = linker("mqim-service").map_err(BrokerError::Link)?;
+    // rumqttd caches topic→filter matches only for topics that have a subscriber and
+    // scans every filter for the others. Every client publish is rewritten to the sink
+    // topic, so the service link subscribes to it (and never reads it: the router just
+    // appends to that topic's bounded log) to keep those publishes on the cached path.
+    link_tx
+        .subscribe(crate::guard::SINK_TOPIC)
+        .map_err(|e| BrokerError::Link(e.to_string()))?;
     let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
     std::thread::Builder::new()
         .name("mqim-publisher".into())

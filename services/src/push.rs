@@ -6,11 +6,20 @@
 use mqim_broker::{Fmt, Publisher};
 use mqim_proto::{encode_server, Format, ServerFrame};
 use serde_json::Value;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 /// Sends frames into the broker.
 #[derive(Clone, Debug)]
 pub struct Push {
     publisher: Publisher,
+    /// Inbox formats that have had a subscriber since start-up. rumqttd matches a publish
+    /// to a topic nobody subscribed against every filter (it caches only matches), so
+    /// inbox frames go only to formats someone has used; a device that subscribes later
+    /// gets what it missed from its backlog.
+    inbox_formats: Arc<Mutex<HashSet<(i64, Fmt)>>>,
 }
 
 fn format_of(f: Fmt) -> Format {
@@ -23,7 +32,25 @@ fn format_of(f: Fmt) -> Format {
 impl Push {
     /// Wraps the broker's publisher.
     pub fn new(publisher: Publisher) -> Push {
-        Push { publisher }
+        Push {
+            publisher,
+            inbox_formats: Arc::default(),
+        }
+    }
+
+    /// A device of `uid` subscribed to its inbox in `fmt` (both formats for `None`).
+    pub fn inbox_subscribed(&self, uid: i64, fmt: Option<Fmt>) {
+        let mut set = self.inbox_formats.lock();
+        match fmt {
+            Some(f) => {
+                set.insert((uid, f));
+            }
+            None => {
+                for f in Fmt::ALL {
+                    set.insert((uid, f));
+                }
+            }
+        }
     }
 
     /// The raw publisher (for retained presence and internal topics).
@@ -33,7 +60,14 @@ impl Push {
 
     /// Sends `frame` to all of user `uid`'s devices.
     pub fn to_user(&self, uid: i64, frame: &ServerFrame) {
-        for f in Fmt::ALL {
+        let formats: Vec<Fmt> = {
+            let set = self.inbox_formats.lock();
+            Fmt::ALL
+                .into_iter()
+                .filter(|f| set.contains(&(uid, *f)))
+                .collect()
+        };
+        for f in formats {
             let topic = format!("im/u/{uid}/in/{}", f.leaf());
             self.publisher
                 .publish(topic, encode_server(format_of(f), frame), false);

@@ -46,7 +46,10 @@ pub async fn run(state: AppState, mut rx: mpsc::UnboundedReceiver<Inbound>) {
                 }
             }
             Inbound::Subscribed { conn, grant, qos } => match grant {
-                Grant::Inbox { fmt, .. } => {
+                Grant::Inbox { uid, fmt } => {
+                    // First make live frames flow to this format, then send the backlog
+                    // up to now (see Push::inbox_subscribed).
+                    state.push.inbox_subscribed(uid, fmt);
                     state
                         .messaging
                         .delivery
