@@ -22,7 +22,8 @@ pub struct Push {
     inbox_formats: Arc<Mutex<HashSet<(i64, Fmt)>>>,
 }
 
-fn format_of(f: Fmt) -> Format {
+/// Maps the broker's format to the frame codec's.
+pub fn format_of(f: Fmt) -> Format {
     match f {
         Fmt::Json => Format::Json,
         Fmt::Pb => Format::Pb,

@@ -50,13 +50,7 @@ pub struct Delivery {
     tracks: Mutex<HashMap<u64, Arc<Track>>>,
 }
 
-/// Maps the broker's format to the frame codec's.
-pub fn format_of(f: Fmt) -> Format {
-    match f {
-        Fmt::Json => Format::Json,
-        Fmt::Pb => Format::Pb,
-    }
-}
+pub use crate::push::format_of;
 
 impl Delivery {
     /// Starts the cursor writer.
