@@ -176,7 +176,7 @@ pub async fn register(
 }
 
 async fn issue_token(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tx: &mut crate::db::WriteTx,
     user_id: i64,
     username: &str,
     ttl_secs: i64,

@@ -7,6 +7,7 @@
 //! Times are unix milliseconds (`i64`).
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -35,6 +36,40 @@ pub struct Db {
     pub pool: AnyPool,
     /// Which engine.
     pub backend: Backend,
+    /// SQLite has one writer at a time. Write transactions of this process queue here
+    /// (FIFO, woken at once) rather than in SQLite's busy handler, which polls with
+    /// sleeps of up to 100 ms and turned lock contention into latency spikes.
+    write_gate: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A write transaction (see [`Db::begin_write`]); dereferences to the connection, so
+/// `&mut *tx` is an executor. Dropped without [`WriteTx::commit`], it rolls back.
+pub struct WriteTx {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+    _gate: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl WriteTx {
+    /// Commits (and lets the next writer in).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &sqlx::AnyConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut sqlx::AnyConnection {
+        &mut self.tx
+    }
 }
 
 /// Errors opening the database.
@@ -97,7 +132,11 @@ impl Db {
             .connect_with(opts)
             .await
             .map_err(err)?;
-        Ok(Db { pool, backend })
+        Ok(Db {
+            pool,
+            backend,
+            write_gate: Arc::default(),
+        })
     }
 
     /// Applies pending migrations.
@@ -119,10 +158,20 @@ impl Db {
     ///
     /// # Errors
     /// Database errors.
-    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+    pub async fn begin_write(&self) -> Result<WriteTx, sqlx::Error> {
         match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
-            Backend::Postgres => self.pool.begin().await,
+            Backend::Sqlite => {
+                let gate = self.write_gate.clone().lock_owned().await;
+                let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+                Ok(WriteTx {
+                    tx,
+                    _gate: Some(gate),
+                })
+            }
+            Backend::Postgres => Ok(WriteTx {
+                tx: self.pool.begin().await?,
+                _gate: None,
+            }),
         }
     }
 

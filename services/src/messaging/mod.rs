@@ -356,18 +356,11 @@ async fn writer(db: Db, push: Push, mut rx: mpsc::Receiver<Job>, batch_max: usiz
 /// per-message results; a database failure fails the whole batch.
 async fn store_batch(db: &Db, batch: &[Job]) -> Result<Vec<ApiResult<Stored>>, ApiError> {
     let mut tx = db.begin_write().await?;
-    let mut out = Vec::with_capacity(batch.len());
-    for j in batch {
-        match store::store_one(&mut tx, &j.msg).await {
-            Ok(s) => out.push(Ok(s)),
-            Err(e) if e.status.is_client_error() => out.push(Err(e)),
-            Err(e) => return Err(e),
-        }
-    }
+    let msgs: Vec<&NewMessage> = batch.iter().map(|j| &j.msg).collect();
+    let out = store::store_many(&mut tx, &msgs).await?;
     tx.commit().await?;
     Ok(out)
 }
-
 /// After commit: the ack to the sender's devices; the message to the recipients and to
 /// the sender's other devices. A repeated send gets the original ack only.
 fn deliver(push: &Push, m: &NewMessage, s: &Stored) {

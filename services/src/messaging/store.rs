@@ -5,9 +5,12 @@
 
 use mqim_proto::{ConversationId, MessageFrame, MsgType};
 use sqlx::any::AnyRow;
-use sqlx::{Any, Row, Transaction};
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 
-use crate::db::Db;
+use sqlx::Row;
+
+use crate::db::{Db, WriteTx};
 use crate::error::ApiError;
 use crate::now_ms;
 
@@ -65,93 +68,235 @@ pub fn frame_of(r: &AnyRow) -> Result<MessageFrame, sqlx::Error> {
     })
 }
 
-/// Stores one message inside `tx`: returns the earlier message for a repeated
-/// `(sender, client_msg_id)`, otherwise takes the conversation's next seq and inserts.
+/// Rows per multi-row statement: keeps every statement under SQLite's and PostgreSQL's
+/// bind-parameter limits (10 columns × 100 rows).
+const ROWS_PER_STATEMENT: usize = 100;
+
+/// Stores a batch of messages inside `tx` with a fixed number of statements, whatever
+/// the batch size: one lookup of the idempotency keys, one upsert of the conversations
+/// (taking a run of seqs each), one multi-row insert (per 100 messages). Each database
+/// round trip is a hop to the driver's thread and back, so per-message statements were
+/// what limited throughput.
+///
+/// Returns one result per message, in order: the earlier message for a repeated
+/// `(sender, client_msg_id)` (also when both are in this batch), otherwise the new one
+/// with its conversation's next seq (in batch order).
 ///
 /// # Errors
-/// `invalid_reply` (422) for a `reply_to` outside the conversation; database errors.
-pub async fn store_one(tx: &mut Transaction<'_, Any>, m: &NewMessage) -> Result<Stored, ApiError> {
-    let existing = sqlx::query(&format!(
-        "SELECT {MSG_COLS} FROM messages WHERE sender_id = $1 AND client_msg_id = $2"
-    ))
-    .bind(m.sender)
-    .bind(&m.client_msg_id)
-    .fetch_optional(&mut **tx)
-    .await?;
-    if let Some(r) = existing {
-        return Ok(Stored {
-            frame: frame_of(&r)?,
-            duplicate: true,
-        });
-    }
-    let cid = m.conv.to_string();
-    if let Some(reply) = m.reply_to {
-        let ok = sqlx::query("SELECT 1 FROM messages WHERE id = $1 AND conversation_id = $2")
-            .bind(reply)
-            .bind(&cid)
-            .fetch_optional(&mut **tx)
-            .await?
-            .is_some();
-        if !ok {
-            return Err(ApiError::invalid(
-                "invalid_reply",
-                "reply_to is not a message of this conversation",
-            ));
+/// Per message: `invalid_reply` (422) for a `reply_to` outside the conversation.
+/// For the whole batch: database errors.
+pub async fn store_many(
+    tx: &mut WriteTx,
+    msgs: &[&NewMessage],
+) -> Result<Vec<Result<Stored, ApiError>>, ApiError> {
+    let mut out: Vec<Option<Result<Stored, ApiError>>> = (0..msgs.len()).map(|_| None).collect();
+    // 1. Idempotency: keys stored earlier, and keys repeated within the batch.
+    let mut first_of: HashMap<(i64, &str), usize> = HashMap::new();
+    let mut repeats: Vec<(usize, usize)> = Vec::new();
+    for (i, m) in msgs.iter().enumerate() {
+        match first_of.entry((m.sender, m.client_msg_id.as_str())) {
+            Entry::Occupied(e) => repeats.push((i, *e.get())),
+            Entry::Vacant(e) => {
+                e.insert(i);
+            }
         }
     }
+    let keys: Vec<(i64, &str)> = first_of.keys().copied().collect();
+    for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+        let cond = (0..chunk.len())
+            .map(|i| {
+                format!(
+                    "(sender_id = ${} AND client_msg_id = ${})",
+                    2 * i + 1,
+                    2 * i + 2
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        let sql = format!("SELECT {MSG_COLS} FROM messages WHERE {cond}");
+        let mut q = sqlx::query(&sql);
+        for (sender, key) in chunk {
+            q = q.bind(*sender).bind(*key);
+        }
+        for r in q.fetch_all(&mut **tx).await? {
+            let frame = frame_of(&r)?;
+            if let Some(&i) = first_of.get(&(frame.from, frame.client_msg_id.as_str())) {
+                out[i] = Some(Ok(Stored {
+                    frame,
+                    duplicate: true,
+                }));
+            }
+        }
+    }
+    // 2. Replies must name a message of the same conversation (rare: one query each).
+    let mut fresh: Vec<usize> = Vec::new();
+    for (i, m) in msgs.iter().enumerate() {
+        if out[i].is_some() || first_of.get(&(m.sender, m.client_msg_id.as_str())) != Some(&i) {
+            continue;
+        }
+        if let Some(reply) = m.reply_to {
+            let ok = sqlx::query("SELECT 1 FROM messages WHERE id = $1 AND conversation_id = $2")
+                .bind(reply)
+                .bind(m.conv.to_string())
+                .fetch_optional(&mut **tx)
+                .await?
+                .is_some();
+            if !ok {
+                out[i] = Some(Err(ApiError::invalid(
+                    "invalid_reply",
+                    "reply_to is not a message of this conversation",
+                )));
+                continue;
+            }
+        }
+        fresh.push(i);
+    }
+    // 3. Seqs: each conversation takes a run of as many seqs as it has new messages.
     let now = now_ms();
-    let (a, b, g) = match m.conv {
-        ConversationId::Direct(a, b) => (Some(a), Some(b), None),
-        ConversationId::Group(g) => (None, None, Some(g)),
-    };
-    let seq: i64 = sqlx::query(
-        "INSERT INTO conversations (id, user_a, user_b, group_id, last_seq, updated_at) \
-         VALUES ($1, $2, $3, $4, 1, $5) \
-         ON CONFLICT (id) DO UPDATE SET last_seq = conversations.last_seq + 1, updated_at = $5 \
-         RETURNING last_seq",
-    )
-    .bind(&cid)
-    .bind(a)
-    .bind(b)
-    .bind(g)
-    .bind(now)
-    .fetch_one(&mut **tx)
-    .await?
-    .try_get("last_seq")?;
-    let id: i64 = sqlx::query(
-        "INSERT INTO messages (conversation_id, seq, sender_id, to_user, to_group, msg_type, content, \
-         client_msg_id, reply_to, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
-    )
-    .bind(&cid)
-    .bind(seq)
-    .bind(m.sender)
-    .bind(m.to_user)
-    .bind(m.to_group)
-    .bind(m.msg_type.as_str())
-    .bind(&m.content)
-    .bind(&m.client_msg_id)
-    .bind(m.reply_to)
-    .bind(now)
-    .fetch_one(&mut **tx)
-    .await?
-    .try_get("id")?;
-    Ok(Stored {
-        frame: MessageFrame {
-            id,
-            conversation_id: cid,
-            seq,
-            from: m.sender,
-            to_user: m.to_user,
-            to_group: m.to_group,
-            msg_type: m.msg_type,
-            content: m.content.clone(),
-            client_msg_id: m.client_msg_id.clone(),
-            created_at: now,
-            reply_to: m.reply_to,
-            recalled: false,
-        },
-        duplicate: false,
-    })
+    let cids: Vec<String> = msgs.iter().map(|m| m.conv.to_string()).collect();
+    let mut counts: Vec<(&str, &ConversationId, i64)> = Vec::new();
+    let mut at: HashMap<&str, usize> = HashMap::new();
+    for &i in &fresh {
+        let cid = cids[i].as_str();
+        match at.entry(cid) {
+            Entry::Occupied(e) => counts[*e.get()].2 += 1,
+            Entry::Vacant(e) => {
+                e.insert(counts.len());
+                counts.push((cid, &msgs[i].conv, 1));
+            }
+        }
+    }
+    let mut next_seq: HashMap<String, i64> = HashMap::new();
+    for chunk in counts.chunks(ROWS_PER_STATEMENT) {
+        let values = placeholders(chunk.len(), 6);
+        let sql = format!(
+            "INSERT INTO conversations (id, user_a, user_b, group_id, last_seq, updated_at) \
+             VALUES {values} \
+             ON CONFLICT (id) DO UPDATE SET last_seq = conversations.last_seq + excluded.last_seq, \
+             updated_at = excluded.updated_at \
+             RETURNING id, last_seq"
+        );
+        let mut q = sqlx::query(&sql);
+        for (cid, conv, n) in chunk {
+            let (a, b, g) = match **conv {
+                ConversationId::Direct(a, b) => (Some(a), Some(b), None),
+                ConversationId::Group(g) => (None, None, Some(g)),
+            };
+            q = q.bind(*cid).bind(a).bind(b).bind(g).bind(*n).bind(now);
+        }
+        let taken: HashMap<&str, i64> = chunk.iter().map(|(c, _, n)| (*c, *n)).collect();
+        for r in q.fetch_all(&mut **tx).await? {
+            let id: String = r.try_get("id")?;
+            let last: i64 = r.try_get("last_seq")?;
+            let n = taken.get(id.as_str()).copied().unwrap_or(1);
+            next_seq.insert(id, last - n + 1);
+        }
+    }
+    // 4. Insert, in batch order, so seqs follow the order the sends arrived in.
+    let mut frames: Vec<(usize, MessageFrame)> = Vec::with_capacity(fresh.len());
+    for &i in &fresh {
+        let m = msgs[i];
+        let seq_slot = next_seq
+            .get_mut(&cids[i])
+            .ok_or_else(|| ApiError::internal("conversation upsert returned no seq"))?;
+        let seq = *seq_slot;
+        *seq_slot += 1;
+        frames.push((
+            i,
+            MessageFrame {
+                id: 0,
+                conversation_id: cids[i].clone(),
+                seq,
+                from: m.sender,
+                to_user: m.to_user,
+                to_group: m.to_group,
+                msg_type: m.msg_type,
+                content: m.content.clone(),
+                client_msg_id: m.client_msg_id.clone(),
+                created_at: now,
+                reply_to: m.reply_to,
+                recalled: false,
+            },
+        ));
+    }
+    for chunk in frames.chunks_mut(ROWS_PER_STATEMENT) {
+        let values = placeholders(chunk.len(), 10);
+        let sql = format!(
+            "INSERT INTO messages (conversation_id, seq, sender_id, to_user, to_group, msg_type, \
+             content, client_msg_id, reply_to, created_at) VALUES {values} \
+             RETURNING id, conversation_id, seq"
+        );
+        let mut q = sqlx::query(&sql);
+        for (_, f) in chunk.iter() {
+            q = q
+                .bind(&f.conversation_id)
+                .bind(f.seq)
+                .bind(f.from)
+                .bind(f.to_user)
+                .bind(f.to_group)
+                .bind(f.msg_type.as_str())
+                .bind(&f.content)
+                .bind(&f.client_msg_id)
+                .bind(f.reply_to)
+                .bind(f.created_at);
+        }
+        // RETURNING gives no order guarantee: match rows by (conversation, seq).
+        let mut ids: HashMap<(String, i64), i64> = HashMap::new();
+        for r in q.fetch_all(&mut **tx).await? {
+            ids.insert(
+                (r.try_get("conversation_id")?, r.try_get("seq")?),
+                r.try_get("id")?,
+            );
+        }
+        for (_, f) in chunk.iter_mut() {
+            f.id = ids
+                .remove(&(std::mem::take(&mut f.conversation_id), f.seq))
+                .ok_or_else(|| ApiError::internal("insert returned no id"))?;
+        }
+        for (i, f) in chunk.iter_mut() {
+            f.conversation_id.clone_from(&cids[*i]);
+        }
+    }
+    for (i, frame) in frames {
+        out[i] = Some(Ok(Stored {
+            frame,
+            duplicate: false,
+        }));
+    }
+    // 5. A key repeated in this batch answers like its first occurrence.
+    for (i, first) in repeats {
+        out[i] = Some(match &out[first] {
+            Some(Ok(s)) => Ok(Stored {
+                frame: s.frame.clone(),
+                duplicate: true,
+            }),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err(ApiError::internal("no result for a repeated send")),
+        });
+    }
+    out.into_iter()
+        .map(|r| r.ok_or_else(|| ApiError::internal("message left unstored")))
+        .collect()
+}
+
+/// `($1, $2, …), ($k+1, …), …`: `rows` tuples of `cols` numbered placeholders.
+fn placeholders(rows: usize, cols: usize) -> String {
+    let mut s = String::with_capacity(rows * cols * 5);
+    for r in 0..rows {
+        if r > 0 {
+            s.push_str(", ");
+        }
+        s.push('(');
+        for c in 0..cols {
+            if c > 0 {
+                s.push_str(", ");
+            }
+            s.push('$');
+            s.push_str(&(r * cols + c + 1).to_string());
+        }
+        s.push(')');
+    }
+    s
 }
 
 /// Messages of a conversation by seq: after `after` and/or before `before`, at most
@@ -279,23 +424,26 @@ pub struct CursorKey {
 /// Database errors.
 pub async fn save_cursors(db: &Db, cursors: &[(CursorKey, i64)]) -> Result<(), sqlx::Error> {
     let mut tx = db.begin_write().await?;
-    for (k, seq) in cursors {
-        sqlx::query(
-            "INSERT INTO device_cursors (user_id, client_id, conversation_id, acked_seq) VALUES ($1, $2, $3, $4) \
+    for chunk in cursors.chunks(ROWS_PER_STATEMENT * 2) {
+        let sql = format!(
+            "INSERT INTO device_cursors (user_id, client_id, conversation_id, acked_seq) VALUES {} \
              ON CONFLICT (user_id, client_id, conversation_id) DO UPDATE SET \
              acked_seq = CASE WHEN excluded.acked_seq > device_cursors.acked_seq \
              THEN excluded.acked_seq ELSE device_cursors.acked_seq END",
-        )
-        .bind(k.uid)
-        .bind(&k.client_id)
-        .bind(&k.conversation_id)
-        .bind(*seq)
-        .execute(&mut *tx)
-        .await?;
+            placeholders(chunk.len(), 4)
+        );
+        let mut q = sqlx::query(&sql);
+        for (k, seq) in chunk {
+            q = q
+                .bind(k.uid)
+                .bind(&k.client_id)
+                .bind(&k.conversation_id)
+                .bind(*seq);
+        }
+        q.execute(&mut *tx).await?;
     }
     tx.commit().await
 }
-
 /// Records that a device connected (first and last seen).
 ///
 /// # Errors
@@ -424,4 +572,160 @@ pub async fn last_message(db: &Db, cid: &str) -> Result<Option<MessageFrame>, sq
     .fetch_optional(&db.pool)
     .await?;
     row.as_ref().map(frame_of).transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// A migrated database: SQLite in a fresh directory, or a fresh PostgreSQL
+    /// database when `TEST_POSTGRES_URL` is set (as CI does).
+    async fn fresh_db(name: &str) -> Db {
+        let mut cfg = Config::load(None).expect("defaults load");
+        let dir = std::env::temp_dir().join(format!(
+            "mqim-store-{name}-{}-{}",
+            std::process::id(),
+            now_ms()
+        ));
+        cfg.data_dir = dir;
+        if let Ok(pg) = std::env::var("TEST_POSTGRES_URL") {
+            sqlx::any::install_default_drivers();
+            let admin = sqlx::AnyPool::connect(&pg).await.expect("postgres");
+            let db = format!("mqim_unit_{name}_{}", now_ms());
+            sqlx::query(&format!("CREATE DATABASE {db}"))
+                .execute(&admin)
+                .await
+                .expect("create database");
+            let base = pg.rsplit_once('/').map_or(pg.as_str(), |(b, _)| b);
+            cfg.database.url = format!("{base}/{db}");
+        }
+        let db = Db::connect(&cfg).await.expect("connect");
+        db.migrate().await.expect("migrate");
+        for name in ["alice", "bob", "carol"] {
+            sqlx::query(
+                "INSERT INTO users (username, password_hash, created_at, updated_at) VALUES ($1, 'x', 0, 0)",
+            )
+            .bind(name)
+            .execute(&db.pool)
+            .await
+            .expect("user");
+        }
+        db
+    }
+
+    fn msg(sender: i64, to: i64, key: &str) -> NewMessage {
+        NewMessage {
+            sender,
+            conv: ConversationId::direct(sender, to),
+            to_user: Some(to),
+            to_group: None,
+            msg_type: MsgType::Text,
+            content: format!("content of {key}"),
+            client_msg_id: key.to_owned(),
+            reply_to: None,
+        }
+    }
+
+    async fn store(db: &Db, msgs: &[NewMessage]) -> Vec<Result<Stored, ApiError>> {
+        let mut tx = db.begin_write().await.expect("begin");
+        let refs: Vec<&NewMessage> = msgs.iter().collect();
+        let out = store_many(&mut tx, &refs).await.expect("store");
+        tx.commit().await.expect("commit");
+        out
+    }
+
+    #[tokio::test]
+    async fn a_batch_takes_seqs_in_order_and_answers_repeats_like_the_first() {
+        let db = fresh_db("batch").await;
+        let first = store(&db, &[msg(1, 2, "a1"), msg(1, 3, "a2")]).await;
+        assert!(first.iter().all(|r| r.as_ref().is_ok_and(|s| !s.duplicate)));
+        // One batch: two conversations interleaved, a key repeated inside the batch, a
+        // key stored by the earlier batch, and the same key from another sender.
+        let batch = [
+            msg(1, 2, "b1"),
+            msg(2, 1, "b2"),
+            msg(1, 3, "b3"),
+            msg(1, 2, "b1"),
+            msg(1, 2, "a1"),
+            msg(2, 1, "b1"),
+            msg(3, 1, "b4"),
+        ];
+        let out: Vec<Stored> = store(&db, &batch)
+            .await
+            .into_iter()
+            .map(|r| r.expect("stored"))
+            .collect();
+        let seqs: Vec<(&str, i64, bool)> = out
+            .iter()
+            .map(|s| (s.frame.conversation_id.as_str(), s.frame.seq, s.duplicate))
+            .collect();
+        assert_eq!(
+            seqs,
+            vec![
+                ("u:1:2", 2, false),
+                ("u:1:2", 3, false),
+                ("u:1:3", 2, false),
+                ("u:1:2", 2, true),
+                ("u:1:2", 1, true),
+                ("u:1:2", 4, false),
+                ("u:1:3", 3, false),
+            ]
+        );
+        assert_eq!(
+            out[3].frame.id, out[0].frame.id,
+            "in-batch repeat is the first"
+        );
+        assert_eq!(
+            out[4].frame.id,
+            first[0].as_ref().map(|s| s.frame.id).unwrap_or(-1)
+        );
+        assert_eq!(out[1].frame.client_msg_id, "b2");
+        assert_eq!(out[5].frame.from, 2);
+        // Ids are the stored rows' ids, matched to the right messages.
+        for s in &out {
+            let row = message(&db, s.frame.id).await.expect("query").expect("row");
+            assert_eq!(
+                (
+                    row.conversation_id.as_str(),
+                    row.seq,
+                    row.client_msg_id.as_str(),
+                    row.from
+                ),
+                (
+                    s.frame.conversation_id.as_str(),
+                    s.frame.seq,
+                    s.frame.client_msg_id.as_str(),
+                    s.frame.from
+                )
+            );
+        }
+        let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM messages")
+            .fetch_one(&db.pool)
+            .await
+            .and_then(|r| r.try_get("n"))
+            .expect("count");
+        assert_eq!(n, 7, "2 + 5 new rows, repeats stored nothing");
+    }
+
+    #[tokio::test]
+    async fn a_bad_reply_fails_only_its_own_message_and_large_batches_span_statements() {
+        let db = fresh_db("reply").await;
+        let mut bad = msg(1, 2, "r1");
+        bad.reply_to = Some(999_999);
+        let mut batch = vec![msg(1, 2, "ok0"), bad];
+        batch.extend((0..250).map(|i| msg(1 + i % 2, 2 - i % 2, &format!("k{i}"))));
+        let out = store(&db, &batch).await;
+        assert_eq!(out[1].as_ref().err().map(|e| e.code), Some("invalid_reply"));
+        let seqs: Vec<i64> = out
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .map(|s| s.frame.seq)
+            .collect();
+        assert_eq!(
+            seqs,
+            (1..=251).collect::<Vec<_>>(),
+            "no gap for the refused one"
+        );
+    }
 }

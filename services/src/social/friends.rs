@@ -127,7 +127,7 @@ fn request_of(row: &AnyRow, viewer: i64) -> Result<FriendRequest, sqlx::Error> {
     })
 }
 
-async fn load_request(tx: &mut Tx<'_>, id: i64, viewer: i64) -> ApiResult<FriendRequest> {
+async fn load_request(tx: &mut Tx, id: i64, viewer: i64) -> ApiResult<FriendRequest> {
     let row = sqlx::query(&format!("{} WHERE r.id = $1", request_select()))
         .bind(id)
         .fetch_one(&mut **tx)
@@ -139,7 +139,7 @@ async fn load_request(tx: &mut Tx<'_>, id: i64, viewer: i64) -> ApiResult<Friend
 ///
 /// # Errors
 /// 403 `blocked` when `to` blocks `from`; 409 `unblock_first` when `from` blocks `to`.
-pub async fn require_not_blocked(tx: &mut Tx<'_>, from: i64, to: i64) -> ApiResult<()> {
+pub async fn require_not_blocked(tx: &mut Tx, from: i64, to: i64) -> ApiResult<()> {
     let rows = sqlx::query(
         "SELECT user_id FROM blocks WHERE (user_id = $1 AND blocked_id = $2) \
          OR (user_id = $2 AND blocked_id = $1)",
@@ -168,12 +168,7 @@ pub async fn require_not_blocked(tx: &mut Tx<'_>, from: i64, to: i64) -> ApiResu
 ///
 /// # Errors
 /// 409 `friend_limit_reached`.
-pub async fn require_friend_capacity(
-    tx: &mut Tx<'_>,
-    uid: i64,
-    max: i64,
-    me: i64,
-) -> ApiResult<()> {
+pub async fn require_friend_capacity(tx: &mut Tx, uid: i64, max: i64, me: i64) -> ApiResult<()> {
     let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM friendships WHERE user_id = $1")
         .bind(uid)
         .fetch_one(&mut **tx)
@@ -199,7 +194,7 @@ pub async fn require_friend_capacity(
 /// # Errors
 /// 404 `request_not_found` unless the caller is a party; 403 `not_recipient` for the
 /// sender; 409 `request_not_pending` for an answered request.
-pub async fn require_recipient(tx: &mut Tx<'_>, rid: i64, me: i64) -> ApiResult<(i64, i64)> {
+pub async fn require_recipient(tx: &mut Tx, rid: i64, me: i64) -> ApiResult<(i64, i64)> {
     let row = sqlx::query("SELECT from_id, to_id, state FROM friend_requests WHERE id = $1")
         .bind(rid)
         .fetch_optional(&mut **tx)
@@ -230,7 +225,7 @@ fn not_pending() -> ApiError {
     ApiError::conflict("request_not_pending", "the request was already answered")
 }
 
-async fn are_friends(tx: &mut Tx<'_>, a: i64, b: i64) -> ApiResult<bool> {
+async fn are_friends(tx: &mut Tx, a: i64, b: i64) -> ApiResult<bool> {
     Ok(
         sqlx::query("SELECT 1 FROM friendships WHERE user_id = $1 AND friend_id = $2")
             .bind(a)
@@ -242,7 +237,7 @@ async fn are_friends(tx: &mut Tx<'_>, a: i64, b: i64) -> ApiResult<bool> {
 }
 
 /// Accepts pending request `rid` from `from` to `to` inside `tx` (users locked).
-async fn befriend(st: &AppState, tx: &mut Tx<'_>, rid: i64, from: i64, to: i64) -> ApiResult<()> {
+async fn befriend(st: &AppState, tx: &mut Tx, rid: i64, from: i64, to: i64) -> ApiResult<()> {
     let max = st.config.limits.max_friends;
     require_friend_capacity(tx, to, max, to).await?;
     require_friend_capacity(tx, from, max, to).await?;

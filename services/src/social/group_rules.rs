@@ -30,7 +30,7 @@ pub async fn require_visible<'e>(
 ///
 /// # Errors
 /// 404 `group_not_found` for an unknown or dissolved group.
-pub async fn lock_group(tx: &mut Tx<'_>, gid: i64) -> ApiResult<JoinPolicy> {
+pub async fn lock_group(tx: &mut Tx, gid: i64) -> ApiResult<JoinPolicy> {
     let row = sqlx::query(
         "UPDATE chat_groups SET updated_at = updated_at \
          WHERE id = $1 AND dissolved_at IS NULL RETURNING join_policy",
@@ -46,7 +46,7 @@ pub async fn lock_group(tx: &mut Tx<'_>, gid: i64) -> ApiResult<JoinPolicy> {
 ///
 /// # Errors
 /// Database errors.
-pub async fn role_of(tx: &mut Tx<'_>, gid: i64, uid: i64) -> ApiResult<Option<Role>> {
+pub async fn role_of(tx: &mut Tx, gid: i64, uid: i64) -> ApiResult<Option<Role>> {
     let row = sqlx::query("SELECT role FROM group_members WHERE group_id = $1 AND user_id = $2")
         .bind(gid)
         .bind(uid)
@@ -130,12 +130,7 @@ pub fn require_can_add(policy: JoinPolicy, role: Option<Role>) -> ApiResult<()> 
 ///
 /// # Errors
 /// 409 `group_limit_reached`.
-pub async fn require_group_quota(
-    st: &AppState,
-    tx: &mut Tx<'_>,
-    uid: i64,
-    me: i64,
-) -> ApiResult<()> {
+pub async fn require_group_quota(st: &AppState, tx: &mut Tx, uid: i64, me: i64) -> ApiResult<()> {
     let max = st.config.limits.max_groups_per_user;
     let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM group_members WHERE user_id = $1")
         .bind(uid)
@@ -159,7 +154,7 @@ pub async fn require_group_quota(
 /// 409 `group_full` or `group_limit_reached`.
 pub async fn require_room(
     st: &AppState,
-    tx: &mut Tx<'_>,
+    tx: &mut Tx,
     gid: i64,
     uid: i64,
     me: i64,
@@ -181,7 +176,7 @@ pub async fn require_room(
 
 /// A refusal to a non-member of an `invite_only` group must not reveal it exists.
 pub(crate) async fn visible_or_404(
-    tx: &mut Tx<'_>,
+    tx: &mut Tx,
     gid: i64,
     me: i64,
     role: Option<Role>,

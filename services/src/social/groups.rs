@@ -125,7 +125,7 @@ pub(crate) fn member_of(row: &AnyRow) -> Result<Member, sqlx::Error> {
     })
 }
 
-pub(crate) async fn load_member(tx: &mut Tx<'_>, gid: i64, uid: i64) -> ApiResult<Member> {
+pub(crate) async fn load_member(tx: &mut Tx, gid: i64, uid: i64) -> ApiResult<Member> {
     let row = sqlx::query(&format!(
         "{} WHERE m.group_id = $1 AND m.user_id = $2",
         member_select()

@@ -62,7 +62,7 @@ fn request_of(row: &AnyRow) -> Result<JoinRequest, sqlx::Error> {
     })
 }
 
-async fn load_request(tx: &mut Tx<'_>, rid: i64) -> ApiResult<JoinRequest> {
+async fn load_request(tx: &mut Tx, rid: i64) -> ApiResult<JoinRequest> {
     let row = sqlx::query(&format!("{} WHERE r.id = $1", request_select()))
         .bind(rid)
         .fetch_one(&mut **tx)
@@ -77,7 +77,7 @@ fn already_member() -> ApiError {
     )
 }
 
-async fn insert_member(tx: &mut Tx<'_>, gid: i64, uid: i64) -> ApiResult<()> {
+async fn insert_member(tx: &mut Tx, gid: i64, uid: i64) -> ApiResult<()> {
     sqlx::query(
         "INSERT INTO group_members (group_id, user_id, role, joined_at) VALUES ($1, $2, 'member', $3)",
     )
@@ -91,7 +91,7 @@ async fn insert_member(tx: &mut Tx<'_>, gid: i64, uid: i64) -> ApiResult<()> {
 }
 
 /// Settles `uid`'s pending join request, if any, as `state`.
-async fn settle_pending(tx: &mut Tx<'_>, gid: i64, uid: i64, state: RequestState) -> ApiResult<()> {
+async fn settle_pending(tx: &mut Tx, gid: i64, uid: i64, state: RequestState) -> ApiResult<()> {
     sqlx::query(
         "UPDATE group_join_requests SET state = $1, updated_at = $2 \
          WHERE group_id = $3 AND user_id = $4 AND state = 'pending'",
@@ -106,7 +106,7 @@ async fn settle_pending(tx: &mut Tx<'_>, gid: i64, uid: i64, state: RequestState
 }
 
 /// Owner and admins of `gid`, who answer join requests.
-async fn admins(tx: &mut Tx<'_>, gid: i64) -> ApiResult<Vec<i64>> {
+async fn admins(tx: &mut Tx, gid: i64) -> ApiResult<Vec<i64>> {
     let rows = sqlx::query(
         "SELECT user_id FROM group_members WHERE group_id = $1 AND role IN ('owner', 'admin')",
     )
@@ -449,7 +449,7 @@ pub async fn update_member(
     members.into_iter().next().ok_or_else(member_not_found)
 }
 
-async fn set_role(tx: &mut Tx<'_>, gid: i64, uid: i64, role: Role) -> ApiResult<()> {
+async fn set_role(tx: &mut Tx, gid: i64, uid: i64, role: Role) -> ApiResult<()> {
     sqlx::query("UPDATE group_members SET role = $1 WHERE group_id = $2 AND user_id = $3")
         .bind(enum_str(&role))
         .bind(gid)

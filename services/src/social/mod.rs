@@ -28,7 +28,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
 /// An open transaction on the pool.
-pub type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
+pub type Tx = crate::db::WriteTx;
 
 /// The little of a user that lists and events carry, so a client can render a row
 /// without fetching the profile.
@@ -85,7 +85,7 @@ pub(crate) async fn active_user<'e>(
 
 /// Takes the row locks of users `a` and `b` (in id order, so two transactions over
 /// the same pair cannot deadlock) for checks that span both, like friend limits.
-pub(crate) async fn lock_users(tx: &mut Tx<'_>, a: i64, b: i64) -> ApiResult<()> {
+pub(crate) async fn lock_users(tx: &mut Tx, a: i64, b: i64) -> ApiResult<()> {
     for id in [a.min(b), a.max(b)] {
         sqlx::query("UPDATE users SET updated_at = updated_at WHERE id = $1")
             .bind(id)
