@@ -1,7 +1,8 @@
-//! mqim's embedded MQTT broker: rumqttd 0.20, unforked, made safe for an IM server.
+//! mqim's embedded MQTT broker: rumqttd 0.20, made safe for an IM server.
 //!
 //! rumqttd routes fast but has no authorization hook and a few defects that let one
-//! client hurt others. This crate wraps it without changing its code:
+//! client hurt others. This crate wraps it through its public API (rumqttd itself is
+//! patched only in its accept and connect path, for speed: see `vendor/README.md`):
 //!
 //! * [`topics`] — the topic rules of SPEC §4 as pure functions;
 //! * [`clientid`] — client id rules, checked before rumqttd sees an id;
