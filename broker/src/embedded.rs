@@ -257,7 +257,11 @@ impl Closer {
     /// internal) client id, which makes it drop the old connection and close its socket;
     /// the taking-over link then disconnects itself.
     pub fn close_where(&self, pred: impl FnMut(&Connection) -> bool) -> usize {
-        let victims = self.registry.select(pred);
+        self.close(self.registry.select(pred))
+    }
+
+    /// Closes the given connections (see [`Closer::close_where`]); returns how many.
+    pub fn close(&self, victims: Vec<Arc<Connection>>) -> usize {
         let n = victims.len();
         for conn in victims {
             if conn.mark_closing() {
@@ -298,7 +302,7 @@ async fn authenticate(
         return false;
     }
     match shared.hooks.authenticate(&username, &password).await {
-        Some(p) if p.username == username => conn.bind(p),
+        Some(p) if p.username == username => shared.registry.bind(&conn, p),
         _ => false,
     }
 }
@@ -376,6 +380,23 @@ fn start_publisher(linker: &Linker) -> Result<Publisher, BrokerError> {
             }
         })?;
     Ok(Publisher { tx })
+}
+
+/// A TCP listener on `addr` with a backlog of 4,096 (capped by `net.core.somaxconn`).
+/// `tokio::net::TcpListener::bind` uses 128: under a connect storm the accept queue
+/// overflows and the dropped SYNs are retried only after a second.
+///
+/// # Errors
+/// When the address cannot be bound.
+pub fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 /// The address to reach a listener bound to `addr` from this host.

@@ -413,8 +413,13 @@ impl Protocol for Guard {
                     if let Some(conn) = self.conn() {
                         if !conn.set_online(true) {
                             if let Some(closer) = self.shared.closer.get() {
-                                let (id, client) = (conn.id, conn.client_id.clone());
-                                closer.close_where(|c| c.client_id == client && c.id != id);
+                                // The newest connection of a client id wins, whichever
+                                // CONNACK is written first (an older CONNECT can finish
+                                // its token check after a newer one).
+                                let mut same = self.shared.registry.with_client_id(&conn.client_id);
+                                let newest = same.iter().map(|c| c.id).max().unwrap_or(conn.id);
+                                same.retain(|c| c.id != newest);
+                                closer.close(same);
                             }
                             self.shared.hooks.connected(conn);
                         }

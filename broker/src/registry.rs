@@ -81,11 +81,40 @@ impl Connection {
     }
 }
 
-/// All connections of this process.
+/// All connections of this process, indexed by number, client id and user, so that
+/// what happens on every connect (session takeover by client id, a user's presence,
+/// single-session policy) costs the same with 10 or 10,000 connections.
 #[derive(Debug, Default)]
 pub struct Registry {
     next: AtomicU64,
-    conns: Mutex<HashMap<u64, Arc<Connection>>>,
+    inner: Mutex<Index>,
+}
+
+#[derive(Debug, Default)]
+struct Index {
+    conns: HashMap<u64, Arc<Connection>>,
+    by_client: HashMap<String, Vec<u64>>,
+    by_user: HashMap<i64, Vec<u64>>,
+}
+
+impl Index {
+    fn resolve(&self, ids: Option<&Vec<u64>>) -> Vec<Arc<Connection>> {
+        ids.into_iter()
+            .flatten()
+            .filter_map(|id| self.conns.get(id))
+            .filter(|c| c.principal().is_some())
+            .cloned()
+            .collect()
+    }
+}
+
+fn unlink<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Vec<u64>>, key: &K, id: u64) {
+    if let Some(v) = map.get_mut(key) {
+        v.retain(|&x| x != id);
+        if v.is_empty() {
+            map.remove(key);
+        }
+    }
 }
 
 impl Registry {
@@ -107,25 +136,65 @@ impl Registry {
             online: AtomicBool::new(false),
             closing: AtomicBool::new(false),
         });
-        self.conns.lock().insert(id, conn.clone());
+        let mut ix = self.inner.lock();
+        ix.conns.insert(id, conn.clone());
+        ix.by_client
+            .entry(client_id.to_owned())
+            .or_default()
+            .push(id);
         conn
     }
 
+    /// Binds `conn` to the user its token belongs to; false if it already was bound.
+    pub(crate) fn bind(&self, conn: &Connection, p: Principal) -> bool {
+        let uid = p.user_id;
+        if !conn.bind(p) {
+            return false;
+        }
+        let mut ix = self.inner.lock();
+        // Only while registered: a connection removed meanwhile stays out of the index.
+        if ix.conns.contains_key(&conn.id) {
+            ix.by_user.entry(uid).or_default().push(conn.id);
+        }
+        true
+    }
+
     pub(crate) fn remove(&self, id: u64) {
-        self.conns.lock().remove(&id);
+        let mut ix = self.inner.lock();
+        let Some(conn) = ix.conns.remove(&id) else {
+            return;
+        };
+        unlink(&mut ix.by_client, &conn.client_id, id);
+        if let Some(uid) = conn.user_id() {
+            unlink(&mut ix.by_user, &uid, id);
+        }
     }
 
     /// The connection an internal client id names, if it is still registered.
     pub(crate) fn by_internal_id(&self, internal_id: &str) -> Option<Arc<Connection>> {
         let (_, n) = internal_id.rsplit_once('~')?;
         let id: u64 = n.parse().ok()?;
-        self.conns.lock().get(&id).cloned()
+        self.inner.lock().conns.get(&id).cloned()
     }
 
-    /// Authenticated connections matching `pred`.
+    /// Authenticated connections of user `uid`.
+    pub fn of_user(&self, uid: i64) -> Vec<Arc<Connection>> {
+        let ix = self.inner.lock();
+        ix.resolve(ix.by_user.get(&uid))
+    }
+
+    /// Authenticated connections with client id `client_id`.
+    pub fn with_client_id(&self, client_id: &str) -> Vec<Arc<Connection>> {
+        let ix = self.inner.lock();
+        ix.resolve(ix.by_client.get(client_id))
+    }
+
+    /// Authenticated connections matching `pred` (a scan of all connections: for
+    /// admin and rare paths; see [`Registry::of_user`]).
     pub fn select(&self, mut pred: impl FnMut(&Connection) -> bool) -> Vec<Arc<Connection>> {
-        self.conns
+        self.inner
             .lock()
+            .conns
             .values()
             .filter(|c| c.principal().is_some() && pred(c))
             .cloned()
@@ -134,7 +203,7 @@ impl Registry {
 
     /// Number of registered connections (including ones still authenticating).
     pub fn len(&self) -> usize {
-        self.conns.lock().len()
+        self.inner.lock().conns.len()
     }
 
     /// Whether no connection is registered.
@@ -149,4 +218,50 @@ pub fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal(uid: i64) -> Principal {
+        Principal {
+            user_id: uid,
+            username: format!("u{uid}"),
+            token_id: uid,
+        }
+    }
+
+    #[test]
+    fn indexes_follow_insert_bind_and_remove() {
+        let r = Registry::default();
+        let a = r.insert("phone", "u1", None);
+        let b = r.insert("phone", "u1", None);
+        let c = r.insert("laptop", "u2", None);
+        // Not yet authenticated: invisible to every lookup.
+        assert!(r.with_client_id("phone").is_empty());
+        assert!(r.of_user(1).is_empty());
+        assert!(r.bind(&a, principal(1)));
+        assert!(r.bind(&b, principal(1)));
+        assert!(r.bind(&c, principal(2)));
+        assert!(!r.bind(&c, principal(3)), "a principal is bound once");
+        let ids = |v: Vec<Arc<Connection>>| v.iter().map(|c| c.id).collect::<Vec<_>>();
+        assert_eq!(ids(r.with_client_id("phone")), vec![a.id, b.id]);
+        assert_eq!(ids(r.of_user(1)), vec![a.id, b.id]);
+        assert_eq!(ids(r.of_user(2)), vec![c.id]);
+        assert!(r.of_user(3).is_empty());
+        r.remove(a.id);
+        assert_eq!(ids(r.with_client_id("phone")), vec![b.id]);
+        assert_eq!(ids(r.of_user(1)), vec![b.id]);
+        r.remove(b.id);
+        r.remove(b.id);
+        assert!(r.of_user(1).is_empty());
+        assert!(r.with_client_id("phone").is_empty());
+        // Bound after removal (a CONNECT whose socket died during the token check).
+        let d = r.insert("tablet", "u4", None);
+        r.remove(d.id);
+        assert!(r.bind(&d, principal(4)));
+        assert!(r.of_user(4).is_empty());
+        assert_eq!(r.len(), 1);
+    }
 }

@@ -13,7 +13,7 @@ use axum::routing::get;
 use axum::Router;
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tracing::debug;
 
@@ -24,7 +24,7 @@ pub(crate) async fn serve(
     target: SocketAddr,
     handshake_timeout: Duration,
 ) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
-    let listener = TcpListener::bind(addr).await?;
+    let listener = crate::embedded::listen(addr)?;
     let local = listener.local_addr()?;
     let app = Router::new().route(
         path,

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use mqim_broker::{BrokerConfig, EmbeddedBroker};
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::info;
 
@@ -16,7 +15,7 @@ use crate::graph::SocialGraph;
 use crate::metrics::Metrics;
 use crate::mqtt::{dispatch, ServiceHooks};
 use crate::passwords::Hasher;
-use crate::push::Push;
+use crate::push::{InboxFormats, Push};
 use crate::state::AppState;
 
 /// Runs the server until `shutdown` resolves, then drains HTTP requests (bounded).
@@ -39,11 +38,13 @@ pub async fn serve(
     );
     let metrics = Arc::new(Metrics::default());
     let (inbound_tx, inbound_rx) = mpsc::unbounded_channel();
+    let inbox_formats = InboxFormats::default();
     let hooks = Arc::new(ServiceHooks::new(
         db.clone(),
         graph.clone(),
         metrics.clone(),
         inbound_tx,
+        inbox_formats.clone(),
     ));
 
     let connect_timeout = Duration::from_secs(config.mqtt.connect_timeout_secs);
@@ -67,7 +68,7 @@ pub async fn serve(
         info!("mqtt-ws listening on {}{}", ws, config.mqtt.ws_path);
     }
 
-    let push = Push::new(broker.publisher());
+    let push = Push::new(broker.publisher(), inbox_formats);
     let messaging = crate::messaging::Messaging::start(
         db.clone(),
         graph.clone(),
@@ -102,8 +103,7 @@ pub async fn serve(
     };
     let dispatcher = tokio::spawn(dispatch::run(state.clone(), inbound_rx));
 
-    let listener = TcpListener::bind(config.http.addr)
-        .await
+    let listener = mqim_broker::embedded::listen(config.http.addr)
         .with_context(|| format!("cannot listen for HTTP on {}", config.http.addr))?;
     info!("http listening on {}", listener.local_addr()?);
     let app = crate::http::app(state);

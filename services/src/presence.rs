@@ -112,10 +112,7 @@ impl Presence {
 
     /// Whether `uid` has a connected device now.
     pub fn is_online(&self, uid: i64) -> bool {
-        !self
-            .registry
-            .select(|c| c.user_id() == Some(uid) && c.is_online())
-            .is_empty()
+        self.registry.of_user(uid).iter().any(|c| c.is_online())
     }
 
     /// The presence of `uid` as last published (or computed now if never published).

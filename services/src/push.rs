@@ -11,37 +11,20 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-/// Sends frames into the broker.
-#[derive(Clone, Debug)]
-pub struct Push {
-    publisher: Publisher,
-    /// Inbox formats that have had a subscriber since start-up. rumqttd matches a publish
-    /// to a topic nobody subscribed against every filter (it caches only matches), so
-    /// inbox frames go only to formats someone has used; a device that subscribes later
-    /// gets what it missed from its backlog.
-    inbox_formats: Arc<Mutex<HashSet<(i64, Fmt)>>>,
-}
+/// Inbox formats (per user) that have had a subscriber since start-up. rumqttd matches
+/// a publish to a topic nobody subscribed against every filter (it caches only
+/// matches), so inbox frames go only to formats someone has used; a device that
+/// subscribes later gets what it missed from its backlog.
+///
+/// Filled by the broker hook when the SUBACK is written (before the client can see it),
+/// so a frame sent after a client's subscription is confirmed is never skipped.
+#[derive(Clone, Debug, Default)]
+pub struct InboxFormats(Arc<Mutex<HashSet<(i64, Fmt)>>>);
 
-/// Maps the broker's format to the frame codec's.
-pub fn format_of(f: Fmt) -> Format {
-    match f {
-        Fmt::Json => Format::Json,
-        Fmt::Pb => Format::Pb,
-    }
-}
-
-impl Push {
-    /// Wraps the broker's publisher.
-    pub fn new(publisher: Publisher) -> Push {
-        Push {
-            publisher,
-            inbox_formats: Arc::default(),
-        }
-    }
-
+impl InboxFormats {
     /// A device of `uid` subscribed to its inbox in `fmt` (both formats for `None`).
-    pub fn inbox_subscribed(&self, uid: i64, fmt: Option<Fmt>) {
-        let mut set = self.inbox_formats.lock();
+    pub fn subscribed(&self, uid: i64, fmt: Option<Fmt>) {
+        let mut set = self.0.lock();
         match fmt {
             Some(f) => {
                 set.insert((uid, f));
@@ -54,6 +37,39 @@ impl Push {
         }
     }
 
+    fn of(&self, uid: i64) -> Vec<Fmt> {
+        let set = self.0.lock();
+        Fmt::ALL
+            .into_iter()
+            .filter(|f| set.contains(&(uid, *f)))
+            .collect()
+    }
+}
+
+/// Sends frames into the broker.
+#[derive(Clone, Debug)]
+pub struct Push {
+    publisher: Publisher,
+    inbox_formats: InboxFormats,
+}
+
+/// Maps the broker's format to the frame codec's.
+pub fn format_of(f: Fmt) -> Format {
+    match f {
+        Fmt::Json => Format::Json,
+        Fmt::Pb => Format::Pb,
+    }
+}
+
+impl Push {
+    /// Wraps the broker's publisher; inbox frames go to the formats in `inbox_formats`.
+    pub fn new(publisher: Publisher, inbox_formats: InboxFormats) -> Push {
+        Push {
+            publisher,
+            inbox_formats,
+        }
+    }
+
     /// The raw publisher (for retained presence and internal topics).
     pub fn publisher(&self) -> &Publisher {
         &self.publisher
@@ -61,14 +77,7 @@ impl Push {
 
     /// Sends `frame` to all of user `uid`'s devices.
     pub fn to_user(&self, uid: i64, frame: &ServerFrame) {
-        let formats: Vec<Fmt> = {
-            let set = self.inbox_formats.lock();
-            Fmt::ALL
-                .into_iter()
-                .filter(|f| set.contains(&(uid, *f)))
-                .collect()
-        };
-        for f in formats {
+        for f in self.inbox_formats.of(uid) {
             let topic = format!("im/u/{uid}/in/{}", f.leaf());
             self.publisher
                 .publish(topic, encode_server(format_of(f), frame), false);

@@ -52,6 +52,6 @@ impl AppState {
 
     /// Closes all MQTT connections of `user_id`.
     pub fn close_user_connections(&self, user_id: i64) -> usize {
-        self.closer.close_where(|c| c.user_id() == Some(user_id))
+        self.closer.close(self.connections.of_user(user_id))
     }
 }

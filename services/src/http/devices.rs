@@ -48,9 +48,8 @@ async fn list_devices(
         .bind(me.user_id)
         .fetch_all(&st.db.pool)
         .await?;
-    let live = st
-        .connections
-        .select(|c| c.user_id() == Some(me.user_id) && c.is_online());
+    let mut live = st.connections.of_user(me.user_id);
+    live.retain(|c| c.is_online());
     let now = crate::now_ms();
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
@@ -103,9 +102,9 @@ async fn disconnect_device(
         .fetch_optional(&st.db.pool)
         .await?
         .is_some();
-    let closed = st
-        .closer
-        .close_where(|c| c.user_id() == Some(me.user_id) && c.client_id == client_id);
+    let mut victims = st.connections.of_user(me.user_id);
+    victims.retain(|c| c.client_id == client_id);
+    let closed = st.closer.close(victims);
     if known || closed > 0 {
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -46,10 +46,9 @@ pub async fn run(state: AppState, mut rx: mpsc::UnboundedReceiver<Inbound>) {
                 }
             }
             Inbound::Subscribed { conn, grant, qos } => match grant {
-                Grant::Inbox { uid, fmt } => {
-                    // First make live frames flow to this format, then send the backlog
-                    // up to now (see Push::inbox_subscribed).
-                    state.push.inbox_subscribed(uid, fmt);
+                Grant::Inbox { fmt, .. } => {
+                    // Live frames already flow to this format (the hook registered it,
+                    // see push::InboxFormats); the backlog goes up to now.
                     state
                         .messaging
                         .delivery
@@ -88,10 +87,9 @@ fn connected(state: &AppState, conn: &Arc<Connection>) {
     let Some(uid) = conn.user_id() else { return };
     state.presence.touched(uid);
     if state.config.mqtt.session_policy == "single" {
-        let id = conn.id;
-        state
-            .closer
-            .close_where(|c| c.user_id() == Some(uid) && c.id != id);
+        let mut others = state.connections.of_user(uid);
+        others.retain(|c| c.id != conn.id);
+        state.closer.close(others);
     }
     let db = state.db.clone();
     let client = conn.client_id.clone();

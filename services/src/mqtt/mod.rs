@@ -13,6 +13,7 @@ use crate::accounts;
 use crate::db::Db;
 use crate::graph::SocialGraph;
 use crate::metrics::Metrics;
+use crate::push::InboxFormats;
 
 /// What the broker tells the service, in order, through one channel.
 #[derive(Debug)]
@@ -56,6 +57,7 @@ pub struct ServiceHooks {
     graph: Arc<SocialGraph>,
     metrics: Arc<Metrics>,
     inbound: mpsc::UnboundedSender<Inbound>,
+    inbox_formats: InboxFormats,
 }
 
 impl ServiceHooks {
@@ -65,12 +67,14 @@ impl ServiceHooks {
         graph: Arc<SocialGraph>,
         metrics: Arc<Metrics>,
         inbound: mpsc::UnboundedSender<Inbound>,
+        inbox_formats: InboxFormats,
     ) -> ServiceHooks {
         ServiceHooks {
             db,
             graph,
             metrics,
             inbound,
+            inbox_formats,
         }
     }
 }
@@ -122,6 +126,11 @@ impl Hooks for ServiceHooks {
     }
 
     fn subscribed(&self, conn: &Arc<Connection>, grant: Grant, qos: u8) {
+        // Synchronously, before the SUBACK reaches the client: a frame pushed after
+        // the client saw its SUBACK must go to this format.
+        if let Grant::Inbox { uid, fmt } = &grant {
+            self.inbox_formats.subscribed(*uid, *fmt);
+        }
         let _ = self.inbound.send(Inbound::Subscribed {
             conn: conn.clone(),
             grant,
