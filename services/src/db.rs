@@ -45,6 +45,8 @@ pub struct Db {
 /// A write transaction (see [`Db::begin_write`]); dereferences to the connection, so
 /// `&mut *tx` is an executor. Dropped without [`WriteTx::commit`], it rolls back.
 pub struct WriteTx {
+    /// Which engine (for SQL that differs).
+    pub backend: Backend,
     tx: sqlx::Transaction<'static, sqlx::Any>,
     _gate: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
@@ -164,11 +166,13 @@ impl Db {
                 let gate = self.write_gate.clone().lock_owned().await;
                 let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
                 Ok(WriteTx {
+                    backend: Backend::Sqlite,
                     tx,
                     _gate: Some(gate),
                 })
             }
             Backend::Postgres => Ok(WriteTx {
+                backend: Backend::Postgres,
                 tx: self.pool.begin().await?,
                 _gate: None,
             }),

@@ -2,7 +2,7 @@
 //!
 //! A device's position in each conversation is the highest seq it acknowledged (a QoS 1
 //! PUBACK seen by the broker guard, or a `delivered` receipt). Cursor updates are
-//! coalesced and written every few milliseconds; if the process dies before a write,
+//! coalesced and written every 100 ms; if the process dies before a write,
 //! those messages are sent again on the next connect (at least once, never lost).
 //!
 //! When a device subscribes to its inbox, its backlog — every message of its
@@ -28,6 +28,10 @@ use crate::config::MessagesConfig;
 use crate::db::Db;
 use crate::http::admin::NOTICES;
 use crate::push::Push;
+
+/// How long acknowledged positions collect before they are written in one transaction.
+/// Until then `unsaved` answers for them; a crash within it re-sends those messages.
+const CURSOR_FLUSH: Duration = Duration::from_millis(100);
 
 /// How long a backlog waits for a silent device before checking it is still there.
 const ACK_WAIT: Duration = Duration::from_secs(10);
@@ -265,7 +269,7 @@ async fn cursor_writer(
     let mut pending: HashMap<CursorKey, i64> = HashMap::new();
     while let Some((k, seq)) = rx.recv().await {
         pending.insert(k, seq);
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(20);
+        let deadline = tokio::time::Instant::now() + CURSOR_FLUSH;
         while let Ok(Some((k, seq))) = tokio::time::timeout_at(deadline, rx.recv()).await {
             let e = pending.entry(k).or_insert(seq);
             *e = (*e).max(seq);
