@@ -122,7 +122,7 @@ impl<P: Protocol> RemoteLink<P> {
             network,
             link_tx,
             link_rx,
-            notifications: VecDeque::with_capacity(100),
+            notifications: VecDeque::new(), // mqim patch: was with_capacity(100) (grows on demand)
             will_delay_interval,
         })
     }
