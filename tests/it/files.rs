@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use mqim_proto::{ClientFrame, Format, MsgType, ServerFrame};
 use mqim_tests::http::assert_error;
-use mqim_tests::{start_server, start_server_with, Server, TestUser, WAIT};
+use mqim_tests::{start_server, start_server_with, Server, WAIT};
 use reqwest::header;
 use reqwest::multipart::{Form, Part};
 use serde_json::{json, Value};
@@ -476,28 +476,6 @@ async fn an_interrupted_upload_leaves_no_partial_file() {
     }
 }
 
-async fn befriend(s: &Server, a: &TestUser, b: &TestUser) {
-    let r = s
-        .http
-        .post(
-            "/api/v1/friends/requests",
-            &a.token,
-            json!({"user_id": b.id}),
-        )
-        .await;
-    assert_eq!(r.0, 201, "{}", r.1);
-    let id = r.1["id"].as_i64().unwrap();
-    let r = s
-        .http
-        .post(
-            &format!("/api/v1/friends/requests/{id}/accept"),
-            &b.token,
-            json!({}),
-        )
-        .await;
-    assert_eq!(r.0, 200, "{}", r.1);
-}
-
 fn media(cmid: &str, to: i64, msg_type: MsgType, content: &str) -> ClientFrame {
     ClientFrame::Send {
         client_msg_id: cmid.into(),
@@ -514,7 +492,7 @@ async fn media_messages_must_refer_to_an_uploaded_file() {
     let s = start_server().await;
     let a = s.register("alice").await;
     let b = s.register("bob").await;
-    befriend(&s, &a, &b).await;
+    s.befriend(&a, &b).await;
     let mut c = s.mqtt(&a, Some("phone")).await;
     assert_eq!(
         c.subscribe_ok(&[&format!("im/u/{}/in/json", a.id)]).await,

@@ -27,22 +27,6 @@ pub async fn event(c: &mut MqttClient, name: &str) -> Value {
     }
 }
 
-/// Makes `a` and `b` friends through a request and its acceptance.
-pub async fn befriend(s: &Server, a: &TestUser, b: &TestUser) {
-    let r = s
-        .http
-        .post(
-            "/api/v1/friends/requests",
-            &a.token,
-            json!({"user_id": b.id}),
-        )
-        .await;
-    assert_eq!(r.0, 201, "{}", r.1);
-    let path = format!("/api/v1/friends/requests/{}/accept", r.1["id"]);
-    let r = s.http.post(&path, &b.token, json!({})).await;
-    assert_eq!(r.0, 200, "{}", r.1);
-}
-
 fn ids(page: &Value) -> Vec<i64> {
     page["items"]
         .as_array()
@@ -262,7 +246,7 @@ async fn deleting_a_friend_tells_the_other_and_ends_presence_access() {
     let s = start_server().await;
     let h = &s.http;
     let (a, b) = (s.register("alice").await, s.register("bob").await);
-    befriend(&s, &a, &b).await;
+    s.befriend(&a, &b).await;
     let mut cb = inbox(&s, &b, "json").await;
     let presence = format!("im/p/{}", a.id);
     assert_eq!(cb.subscribe_ok(&[&presence]).await, [true]);
@@ -471,7 +455,7 @@ async fn the_friend_limit_is_enforced_on_both_sides() {
         s.register("bob").await,
         s.register("carol").await,
     );
-    befriend(&s, &a, &b).await;
+    s.befriend(&a, &b).await;
     assert_error(
         &h.post(
             "/api/v1/friends/requests",

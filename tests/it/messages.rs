@@ -8,28 +8,6 @@ use mqim_proto::{ClientFrame, Format, MsgType, ReceiptKind, ServerFrame};
 use mqim_tests::{have_tool, start_server, start_server_with, MqttClient, Server, TestUser, WAIT};
 use serde_json::json;
 
-async fn befriend(s: &Server, a: &TestUser, b: &TestUser) {
-    let r = s
-        .http
-        .post(
-            "/api/v1/friends/requests",
-            &a.token,
-            json!({"user_id": b.id}),
-        )
-        .await;
-    assert_eq!(r.0, 201, "{}", r.1);
-    let id = r.1["id"].as_i64().unwrap();
-    let r = s
-        .http
-        .post(
-            &format!("/api/v1/friends/requests/{id}/accept"),
-            &b.token,
-            json!({}),
-        )
-        .await;
-    assert_eq!(r.0, 200, "{}", r.1);
-}
-
 fn text(cmid: &str, to: i64, content: &str) -> ClientFrame {
     ClientFrame::Send {
         client_msg_id: cmid.into(),
@@ -61,7 +39,7 @@ async fn live_one_to_one_in_both_formats_with_ack_and_dedup() {
     let s = start_server().await;
     let a = s.register("alice").await;
     let b = s.register("bob").await;
-    befriend(&s, &a, &b).await;
+    s.befriend(&a, &b).await;
     let mut sender = inbox_client(&s, &a, "phone", "json").await;
     let mut bj = inbox_client(&s, &b, "web", "json").await;
     let mut bp = inbox_client(&s, &b, "app", "pb").await;
@@ -142,7 +120,7 @@ async fn bad_sends_get_error_frames_store_nothing_and_keep_the_connection() {
     let a = s.register("alice").await;
     let b = s.register("bob").await;
     let stranger = s.register("carl").await;
-    befriend(&s, &a, &b).await;
+    s.befriend(&a, &b).await;
     let mut c = inbox_client(&s, &a, "phone", "json").await;
     let out = format!("im/u/{}/out/json", a.id);
 
@@ -223,7 +201,7 @@ async fn receipts_typing_recall_and_sync() {
     let a = s.register("alice").await;
     let b = s.register("bob").await;
     let stranger = s.register("carl").await;
-    befriend(&s, &a, &b).await;
+    s.befriend(&a, &b).await;
     let mut ca = inbox_client(&s, &a, "phone", "json").await;
     let mut cb = inbox_client(&s, &b, "phone", "json").await;
     ca.send_frame(a.id, Format::Json, &text("m1", b.id, "one"))
@@ -359,7 +337,7 @@ async fn recall_window_is_enforced() {
     let s = start_server_with(&[("MQIM_MESSAGES__RECALL_WINDOW_SECS", "0")]).await;
     let a = s.register("alice").await;
     let b = s.register("bob").await;
-    befriend(&s, &a, &b).await;
+    s.befriend(&a, &b).await;
     let r = s
         .http
         .post(
@@ -394,7 +372,7 @@ async fn rest_send_history_read_and_conversations() {
     let s = start_server().await;
     let a = s.register("alice").await;
     let b = s.register("bob").await;
-    befriend(&s, &a, &b).await;
+    s.befriend(&a, &b).await;
     let mut cb = inbox_client(&s, &b, "phone", "json").await;
     for i in 1..=5 {
         let r = s.http.post("/api/v1/messages", &a.token, json!({"client_msg_id": format!("c{i}"), "to_user": b.id, "msg_type": "text", "content": format!("n{i}")})).await;
@@ -495,7 +473,7 @@ async fn offline_backlog_reaches_mosquitto_sub_in_order_once() {
     let s = start_server().await;
     let a = s.register("alice").await;
     let b = s.register("bob").await;
-    befriend(&s, &a, &b).await;
+    s.befriend(&a, &b).await;
     for i in 1..=30 {
         let r = s.http.post("/api/v1/messages", &a.token, json!({"client_msg_id": format!("o{i}"), "to_user": b.id, "msg_type": "text", "content": format!("offline {i}")})).await;
         assert_eq!(r.0, 201);
@@ -559,7 +537,7 @@ async fn backlog_survives_restart_and_kill9_loses_no_acked_message() {
     let mut s = start_server_with(&[("MQIM_MESSAGES__RATE_BURST", "5000")]).await;
     let a = s.register("alice").await;
     let b = s.register("bob").await;
-    befriend(&s, &a, &b).await;
+    s.befriend(&a, &b).await;
     {
         let mut sender = inbox_client(&s, &a, "phone", "json").await;
         sender

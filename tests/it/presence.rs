@@ -3,33 +3,11 @@
 use std::time::Duration;
 
 use mqim_tests::http::assert_error;
-use mqim_tests::{start_server, start_server_with, MqttClient, MqttError, Server, TestUser, WAIT};
+use mqim_tests::{start_server, start_server_with, MqttClient, MqttError, WAIT};
 use reqwest::Method;
 use serde_json::{json, Value};
 
 const ADMIN: &str = "test-admin-token-0123456789";
-
-async fn befriend(s: &Server, a: &TestUser, b: &TestUser) {
-    let r = s
-        .http
-        .post(
-            "/api/v1/friends/requests",
-            &a.token,
-            json!({"user_id": b.id}),
-        )
-        .await;
-    assert_eq!(r.0, 201, "{}", r.1);
-    let id = r.1["id"].as_i64().unwrap();
-    let r = s
-        .http
-        .post(
-            &format!("/api/v1/friends/requests/{id}/accept"),
-            &b.token,
-            json!({}),
-        )
-        .await;
-    assert_eq!(r.0, 200, "{}", r.1);
-}
 
 /// The next presence update of `uid` seen by `watcher`.
 async fn next_presence(watcher: &mut MqttClient, uid: i64) -> Value {
@@ -47,7 +25,7 @@ async fn presence_follows_all_devices_and_survives_restart() {
     let mut s = start_server().await;
     let a = s.register("alice").await;
     let b = s.register("bob").await;
-    befriend(&s, &a, &b).await;
+    s.befriend(&a, &b).await;
     let mut watcher = s.mqtt(&b, Some("w")).await;
     let topic = format!("im/p/{}", a.id);
     assert_eq!(watcher.subscribe_ok(&[&topic]).await, [true]);
@@ -91,7 +69,7 @@ async fn a_reconnect_burst_is_coalesced() {
     let s = start_server().await;
     let a = s.register("alice").await;
     let b = s.register("bob").await;
-    befriend(&s, &a, &b).await;
+    s.befriend(&a, &b).await;
     let _keep = s.mqtt(&a, Some("keep")).await;
     let mut watcher = s.mqtt(&b, None).await;
     assert_eq!(
@@ -352,7 +330,7 @@ async fn a_silent_device_goes_offline_after_its_keep_alive() {
     let s = start_server().await;
     let a = s.register("alice").await;
     let b = s.register("bob").await;
-    befriend(&s, &a, &b).await;
+    s.befriend(&a, &b).await;
     let mut watcher = s.mqtt(&b, None).await;
     assert_eq!(
         watcher.subscribe_ok(&[&format!("im/p/{}", a.id)]).await,

@@ -292,6 +292,22 @@ impl Server {
         self.http.register(username).await
     }
 
+    /// Makes `a` and `b` friends: `a` asks, `b` accepts (both must succeed).
+    pub async fn befriend(&self, a: &TestUser, b: &TestUser) {
+        let r = self
+            .http
+            .post(
+                "/api/v1/friends/requests",
+                &a.token,
+                serde_json::json!({"user_id": b.id}),
+            )
+            .await;
+        assert_eq!(r.0, 201, "{}", r.1);
+        let path = format!("/api/v1/friends/requests/{}/accept", r.1["id"]);
+        let r = self.http.post(&path, &b.token, serde_json::json!({})).await;
+        assert_eq!(r.0, 200, "{}", r.1);
+    }
+
     /// Connects a rumqttc client for `user` with client id `user` or `user-<device>`.
     pub async fn mqtt(&self, user: &TestUser, device: Option<&str>) -> MqttClient {
         let id = match device {
