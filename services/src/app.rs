@@ -60,7 +60,7 @@ pub async fn serve(
             segment_size: config.mqtt.segment_bytes,
             segment_count: config.mqtt.segment_count,
         },
-        hooks,
+        hooks.clone(),
     )
     .await?;
     info!("mqtt listening on {}", broker.tcp_addr());
@@ -75,6 +75,7 @@ pub async fn serve(
         push.clone(),
         config.messages.clone(),
     );
+    hooks.set_delivery(messaging.delivery.clone());
     let presence = crate::presence::Presence::start(
         db.clone(),
         push.clone(),

@@ -3,7 +3,7 @@
 
 pub mod dispatch;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use mqim_broker::{AccessGraph, BoxFuture, Connection, Denied, Fmt, Grant, Hooks, Principal};
@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use crate::accounts;
 use crate::db::Db;
 use crate::graph::SocialGraph;
+use crate::messaging::delivery::Delivery;
 use crate::metrics::Metrics;
 use crate::push::InboxFormats;
 
@@ -58,6 +59,11 @@ pub struct ServiceHooks {
     metrics: Arc<Metrics>,
     inbound: mpsc::UnboundedSender<Inbound>,
     inbox_formats: InboxFormats,
+    /// Offline delivery and cursors, once started (it needs the broker's publisher, so
+    /// it exists only after the hooks do). Acknowledgements are handled right in the
+    /// hook, on the acknowledging connection's task: through the one dispatcher task
+    /// they were three events per message, and the dispatcher the bottleneck.
+    delivery: Arc<OnceLock<Arc<Delivery>>>,
 }
 
 impl ServiceHooks {
@@ -75,7 +81,13 @@ impl ServiceHooks {
             metrics,
             inbound,
             inbox_formats,
+            delivery: Arc::default(),
         }
+    }
+
+    /// Hands acknowledgements to `delivery` directly from now on.
+    pub fn set_delivery(&self, delivery: Arc<Delivery>) {
+        let _ = self.delivery.set(delivery);
     }
 }
 
@@ -139,6 +151,10 @@ impl Hooks for ServiceHooks {
     }
 
     fn delivered(&self, conn: &Arc<Connection>, topic: &Bytes, payload: &Bytes) {
+        if let Some(d) = self.delivery.get() {
+            d.delivered(conn, topic, payload);
+            return;
+        }
         let _ = self.inbound.send(Inbound::Delivered {
             conn: conn.clone(),
             topic: topic.clone(),
