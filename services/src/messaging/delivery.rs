@@ -2,7 +2,7 @@
 //!
 //! A device's position in each conversation is the highest seq it acknowledged (a QoS 1
 //! PUBACK seen by the broker guard, or a `delivered` receipt). Cursor updates are
-//! coalesced and written every 100 ms; if the process dies before a write,
+//! coalesced and written every second; if the process dies before a write,
 //! those messages are sent again on the next connect (at least once, never lost).
 //!
 //! When a device subscribes to its inbox, its backlog — every message of its
@@ -31,7 +31,7 @@ use crate::push::Push;
 
 /// How long acknowledged positions collect before they are written in one transaction.
 /// Until then `unsaved` answers for them; a crash within it re-sends those messages.
-const CURSOR_FLUSH: Duration = Duration::from_millis(100);
+const CURSOR_FLUSH: Duration = Duration::from_secs(1);
 
 /// How long a backlog waits for a silent device before checking it is still there.
 const ACK_WAIT: Duration = Duration::from_secs(10);

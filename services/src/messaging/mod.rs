@@ -303,6 +303,21 @@ impl Messaging {
 
 /// The group-commit writer: one transaction per batch of waiting sends.
 async fn writer(db: Db, push: Push, mut rx: mpsc::Receiver<Job>, batch_max: usize) {
+    let (deliveries, mut committed) =
+        mpsc::unbounded_channel::<Vec<(NewMessage, ApiResult<Stored>)>>();
+    tokio::spawn(async move {
+        while let Some(done) = committed.recv().await {
+            for (msg, res) in done {
+                match res {
+                    Ok(stored) => deliver(&push, &msg, &stored),
+                    Err(e) => push.to_user(
+                        msg.sender,
+                        &ServerFrame::error(Some(msg.client_msg_id), e.code, e.message),
+                    ),
+                }
+            }
+        }
+    });
     let mut batch = Vec::with_capacity(batch_max);
     while let Some(first) = rx.recv().await {
         batch.push(first);
@@ -333,22 +348,16 @@ async fn writer(db: Db, push: Push, mut rx: mpsc::Receiver<Job>, batch_max: usiz
                 out
             }
         };
+        let mut done = Vec::with_capacity(batch.len());
         for (job, res) in batch.drain(..).zip(results) {
-            match &res {
-                Ok(stored) => deliver(&push, &job.msg, stored),
-                Err(e) => push.to_user(
-                    job.msg.sender,
-                    &ServerFrame::error(
-                        Some(job.msg.client_msg_id.clone()),
-                        e.code,
-                        e.message.clone(),
-                    ),
-                ),
-            }
             if let Some(reply) = job.reply {
-                let _ = reply.send(res);
+                let _ = reply.send(res.clone());
             }
+            done.push((job.msg, res));
         }
+        // Encoding and publishing the acks and messages runs beside the next batch's
+        // transaction; one task keeps them in commit order.
+        let _ = deliveries.send(done);
     }
 }
 

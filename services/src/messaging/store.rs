@@ -428,13 +428,15 @@ pub struct CursorKey {
     pub conversation_id: String,
 }
 
-/// Raises device cursors (never lowers them), in one transaction.
+/// Raises device cursors (never lowers them), 200 per transaction.
 ///
 /// # Errors
 /// Database errors.
 pub async fn save_cursors(db: &Db, cursors: &[(CursorKey, i64)]) -> Result<(), sqlx::Error> {
-    let mut tx = db.begin_write().await?;
+    // One transaction per statement: between them the write gate lets message batches
+    // in, so a large flush does not stall sends (each row stands on its own).
     for chunk in cursors.chunks(ROWS_PER_STATEMENT * 2) {
+        let mut tx = db.begin_write().await?;
         let sql = format!(
             "INSERT INTO device_cursors (user_id, client_id, conversation_id, acked_seq) VALUES {} \
              ON CONFLICT (user_id, client_id, conversation_id) DO UPDATE SET \
@@ -451,8 +453,9 @@ pub async fn save_cursors(db: &Db, cursors: &[(CursorKey, i64)]) -> Result<(), s
                 .bind(*seq);
         }
         q.execute(&mut *tx).await?;
+        tx.commit().await?;
     }
-    tx.commit().await
+    Ok(())
 }
 /// Records that a device connected (first and last seen).
 ///
