@@ -108,7 +108,7 @@ pub async fn serve(
     let listener = mqim_broker::embedded::listen(config.http.addr)
         .with_context(|| format!("cannot listen for HTTP on {}", config.http.addr))?;
     info!("http listening on {}", listener.local_addr()?);
-    let app = crate::http::app(state);
+    let app = crate::http::app(state.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -129,6 +129,8 @@ pub async fn serve(
         tracing::warn!("HTTP requests still running after 10 s; stopping anyway");
     }
     dispatcher.abort();
+    // Positions acknowledged in the last second, so a clean restart re-sends nothing.
+    state.messaging.delivery.flush().await;
     db.pool.close().await;
     info!("stopped");
     Ok(())

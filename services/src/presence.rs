@@ -146,8 +146,10 @@ impl Presence {
         for uid in users {
             let online = self.is_online(uid);
             let now = now_ms();
-            let prev = self.published.lock().get(&uid).copied();
-            if prev.is_some_and(|p| p.online == online) {
+            // Check, publish and record under one lock: `watched` may publish for the
+            // same user meanwhile, and the watcher must not get the state twice.
+            let mut published = self.published.lock();
+            if published.get(&uid).is_some_and(|p| p.online == online) {
                 continue;
             }
             let s = State {
@@ -155,7 +157,8 @@ impl Presence {
                 last_seen: Some(now),
             };
             publish(&self.push, uid, s);
-            self.published.lock().insert(uid, s);
+            published.insert(uid, s);
+            drop(published);
             self.updates.inc();
         }
     }

@@ -21,7 +21,7 @@ use mqim_broker::{device_topic, Connection, Fmt};
 use mqim_proto::{encode_server, peek_message, Format, ServerFrame};
 use parking_lot::Mutex;
 use sqlx::Row;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 use super::store::{self, CursorKey};
 use crate::config::MessagesConfig;
@@ -47,7 +47,6 @@ pub struct Delivery {
     db: Db,
     push: Push,
     cfg: MessagesConfig,
-    cursors: mpsc::UnboundedSender<(CursorKey, i64)>,
     /// Cursor positions acknowledged but not yet written, so a device that reconnects
     /// within those milliseconds is not sent them again.
     unsaved: Arc<Mutex<HashMap<CursorKey, i64>>>,
@@ -59,14 +58,12 @@ pub use crate::push::format_of;
 impl Delivery {
     /// Starts the cursor writer.
     pub fn start(db: Db, push: Push, cfg: MessagesConfig) -> Arc<Delivery> {
-        let (tx, rx) = mpsc::unbounded_channel();
         let unsaved = Arc::new(Mutex::new(HashMap::new()));
-        tokio::spawn(cursor_writer(db.clone(), rx, unsaved.clone()));
+        tokio::spawn(cursor_writer(db.clone(), unsaved.clone()));
         Arc::new(Delivery {
             db,
             push,
             cfg,
-            cursors: tx,
             unsaved,
             tracks: Mutex::new(HashMap::new()),
         })
@@ -89,19 +86,23 @@ impl Delivery {
         self.advance(uid, &conn.client_id, cid, seq);
     }
 
-    /// Records that device `client_id` of `uid` has `seq` of conversation `cid`.
+    /// Records that device `client_id` of `uid` has `seq` of conversation `cid` (in
+    /// memory; the cursor writer saves it within a second).
     pub fn advance(&self, uid: i64, client_id: &str, cid: String, seq: i64) {
         let key = CursorKey {
             uid,
             client_id: client_id.to_owned(),
             conversation_id: cid,
         };
-        {
-            let mut u = self.unsaved.lock();
-            let e = u.entry(key.clone()).or_insert(seq);
-            *e = (*e).max(seq);
-        }
-        let _ = self.cursors.send((key, seq));
+        let mut u = self.unsaved.lock();
+        let e = u.entry(key).or_insert(seq);
+        *e = (*e).max(seq);
+    }
+
+    /// Writes every position acknowledged so far (at shutdown; otherwise the cursor
+    /// writer does it every second).
+    pub async fn flush(&self) {
+        save_unsaved(&self.db, &self.unsaved).await;
     }
 
     /// Conversations of a device with positions acknowledged but not yet written
@@ -259,33 +260,41 @@ impl Delivery {
     }
 }
 
-/// Coalesces cursor updates (highest seq per device and conversation) and writes them
-/// in one transaction every few milliseconds.
-async fn cursor_writer(
-    db: Db,
-    mut rx: mpsc::UnboundedReceiver<(CursorKey, i64)>,
-    unsaved: Arc<Mutex<HashMap<CursorKey, i64>>>,
-) {
-    let mut pending: HashMap<CursorKey, i64> = HashMap::new();
-    while let Some((k, seq)) = rx.recv().await {
-        pending.insert(k, seq);
-        let deadline = tokio::time::Instant::now() + CURSOR_FLUSH;
-        while let Ok(Some((k, seq))) = tokio::time::timeout_at(deadline, rx.recv()).await {
-            let e = pending.entry(k).or_insert(seq);
-            *e = (*e).max(seq);
+/// Saves the acknowledged positions every `CURSOR_FLUSH`: one row per device and
+/// conversation however many acknowledgements came in between (a broadcast to 10,000
+/// devices is 10,000 rows, not one write or message per PUBACK).
+async fn cursor_writer(db: Db, unsaved: Arc<Mutex<HashMap<CursorKey, i64>>>) {
+    let mut tick = tokio::time::interval(CURSOR_FLUSH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if db.pool.is_closed() {
+            break;
         }
-        let batch: Vec<_> = pending.drain().collect();
-        match store::save_cursors(&db, &batch).await {
-            Ok(()) => {
-                // Written: forget what the database now has (unless it moved on).
-                let mut u = unsaved.lock();
-                for (k, seq) in &batch {
-                    if u.get(k).is_some_and(|&v| v <= *seq) {
-                        u.remove(k);
-                    }
+        save_unsaved(&db, &unsaved).await;
+    }
+}
+
+/// Writes a snapshot of `unsaved`, then forgets what the database now has (unless it
+/// moved on meanwhile).
+async fn save_unsaved(db: &Db, unsaved: &Mutex<HashMap<CursorKey, i64>>) {
+    let batch: Vec<(CursorKey, i64)> = unsaved
+        .lock()
+        .iter()
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    if batch.is_empty() {
+        return;
+    }
+    match store::save_cursors(db, &batch).await {
+        Ok(()) => {
+            let mut u = unsaved.lock();
+            for (k, seq) in &batch {
+                if u.get(k).is_some_and(|&v| v <= *seq) {
+                    u.remove(k);
                 }
             }
-            Err(e) => tracing::warn!(error = %e, n = batch.len(), "saving device cursors failed"),
         }
+        Err(e) => tracing::warn!(error = %e, n = batch.len(), "saving device cursors failed"),
     }
 }
