@@ -409,3 +409,41 @@ async fn wait_child(child: &mut tokio::process::Child) -> String {
     }
     s
 }
+
+/// Clients leaving and arriving at the same moment: every new connection stays up.
+/// (rumqttd reuses connection numbers; a second removal of a client that sent
+/// DISCONNECT could take down the next holder of its number. The vendored rumqttd no
+/// longer sends it — see vendor/README.md; this test did not catch that race in mqim
+/// before the patch, the benchmark's standalone-rumqttd drain did.)
+#[tokio::test]
+async fn a_client_disconnecting_never_takes_a_newer_connection_with_it() {
+    let s = start_server().await;
+    let u = s.register("alice").await;
+    for round in 0..5 {
+        let mut leaving = Vec::new();
+        for i in 0..30 {
+            leaving.push(s.mqtt(&u, Some(&format!("r{round}old{i}"))).await);
+        }
+        // Thirty clients disconnect while thirty others connect.
+        let gone = futures::future::join_all(leaving.into_iter().map(|c| c.disconnect()));
+        let coming = futures::future::join_all((0..30).map(|i| {
+            let id = format!("alice-r{round}new{i}");
+            let (addr, token) = (s.mqtt_addr, u.token.clone());
+            async move { MqttClient::connect(addr, &id, "alice", &token).await }
+        }));
+        let ((), new) = tokio::join!(
+            async {
+                gone.await;
+            },
+            coming
+        );
+        for (i, c) in new.into_iter().enumerate() {
+            let mut c = c.unwrap_or_else(|e| panic!("round {round}: connect new{i} failed: {e:?}"));
+            let r =
+                tokio::time::timeout(WAIT, c.subscribe_ok(&[&format!("im/u/{}/in/json", u.id)]))
+                    .await
+                    .unwrap_or_else(|_| panic!("round {round}: new{i} stopped answering"));
+            assert_eq!(r, [true], "round {round}: connection new{i} was closed");
+        }
+    }
+}

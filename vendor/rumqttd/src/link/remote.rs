@@ -136,15 +136,23 @@ impl<P: Protocol> RemoteLink<P> {
             select! {
                 o = self.network.read() => {
                     let packet = o?;
-                    let len = {
+                    let (len, disconnect) = {
                         let mut buffer = self.link_tx.buffer();
                         buffer.push_back(packet);
                         self.network.readv(&mut buffer)?;
-                        buffer.len()
+                        let disconnect = buffer.iter().any(|p| matches!(p, Packet::Disconnect(..)));
+                        (buffer.len(), disconnect)
                     };
 
                     trace!("Packets read from network, count = {}", len);
                     self.link_tx.notify().await?;
+                    // mqim patch: the router removes the connection when it handles the
+                    // DISCONNECT; end here (Ok) so the caller does not also send
+                    // Event::Disconnect, which could arrive after the router gave this
+                    // connection id to a new client and disconnect that one instead.
+                    if disconnect {
+                        return Ok(());
+                    }
                 }
                 // Receive from router when previous when state isn't in collision
                 // due to previously received data request

@@ -561,7 +561,11 @@ async fn remote<P: Protocol>(
         } else {
             AwaitingWill::Cancel
         };
-        sender.try_send(awaiting_will).unwrap();
+        // mqim patch: was `.unwrap()`. The entry is stale when the old connection's
+        // task has already ended (its receiver is gone): the panic, raised while the
+        // lock above is held, poisoned it and locked every later client out
+        // (shared/notes/rumqttd-0.20.md, bug 2). There is nobody left to tell.
+        let _ = sender.try_send(awaiting_will);
     }
 
     let (will_tx, will_rx) = flume::bounded::<AwaitingWill>(1);
@@ -593,8 +597,12 @@ async fn remote<P: Protocol>(
     let mut send_disconnect = true;
 
     match link.start().await {
-        // Connection got closed. This shouldn't usually happen.
-        Ok(_) => error!("connection-stop"),
+        // mqim patch: the client sent DISCONNECT, which the router handles (and so
+        // removes the connection itself): no second Event::Disconnect (see remote.rs).
+        Ok(_) => {
+            info!("disconnected by the client");
+            send_disconnect = false;
+        }
         // No need to send a disconnect message when disconnection
         // originated internally in the router.
         Err(remote::Error::Link(e)) => {
