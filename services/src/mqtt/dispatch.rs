@@ -87,9 +87,12 @@ fn connected(state: &AppState, conn: &Arc<Connection>) {
     let Some(uid) = conn.user_id() else { return };
     state.presence.touched(uid);
     if state.config.mqtt.session_policy == "single" {
-        let mut others = state.connections.of_user(uid);
-        others.retain(|c| c.id != conn.id);
-        state.closer.close(others);
+        // Only older connections: this event may be handled after a newer connection of
+        // the user came online, and that one's own event closes this one. (Closing
+        // every other one let two quick logins close each other.)
+        let mut older = state.connections.of_user(uid);
+        older.retain(|c| c.id < conn.id);
+        state.closer.close(older);
     }
     let db = state.db.clone();
     let client = conn.client_id.clone();
