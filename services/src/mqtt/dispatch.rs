@@ -1,5 +1,6 @@
 //! Handles what the broker reports, in order: client frames, subscriptions (offline
-//! delivery), acknowledgements (device cursors), connects and disconnects.
+//! delivery), connects and disconnects. (Acknowledgements go straight from the broker
+//! hook to `messaging::delivery`.)
 //!
 //! Every frame is decoded and validated; a bad one gets an `error` frame (code
 //! `bad_frame`, or the rule that refused it) on the sender's inbox and nothing else
@@ -57,13 +58,6 @@ pub async fn run(state: AppState, mut rx: mpsc::UnboundedReceiver<Inbound>) {
                 Grant::Presence { uid } => state.presence.watched(uid),
                 Grant::Group { .. } => {}
             },
-            Inbound::Delivered {
-                conn,
-                topic,
-                payload,
-            } => {
-                state.messaging.delivery.delivered(&conn, &topic, &payload);
-            }
             Inbound::Connected(conn) => connected(&state, &conn),
             Inbound::Disconnected(conn) => {
                 state.messaging.delivery.forget(&conn);

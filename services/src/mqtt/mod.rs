@@ -37,15 +37,6 @@ pub enum Inbound {
         /// Its QoS.
         qos: u8,
     },
-    /// The device acknowledged a QoS 1 publish.
-    Delivered {
-        /// The connection.
-        conn: Arc<Connection>,
-        /// Topic of the publish.
-        topic: Bytes,
-        /// Payload of the publish.
-        payload: Bytes,
-    },
     /// The device came online.
     Connected(Arc<Connection>),
     /// The device went offline.
@@ -151,15 +142,11 @@ impl Hooks for ServiceHooks {
     }
 
     fn delivered(&self, conn: &Arc<Connection>, topic: &Bytes, payload: &Bytes) {
+        // Unset only before the service has published anything, so there is nothing
+        // to acknowledge yet.
         if let Some(d) = self.delivery.get() {
             d.delivered(conn, topic, payload);
-            return;
         }
-        let _ = self.inbound.send(Inbound::Delivered {
-            conn: conn.clone(),
-            topic: topic.clone(),
-            payload: payload.clone(),
-        });
     }
 
     fn frame(&self, conn: &Arc<Connection>, fmt: Fmt, payload: Bytes) {
