@@ -380,7 +380,9 @@ impl LinkRx {
             router_tx,
             router_rx,
             send_buffer: outgoing_data_buffer,
-            cache: VecDeque::with_capacity(100),
+            // mqim patch: was with_capacity(100) (24,800 bytes per connection); it is
+            // swapped with the router-side buffer and grows on demand.
+            cache: VecDeque::new(),
         }
     }
 
