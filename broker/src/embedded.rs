@@ -70,6 +70,9 @@ pub struct BrokerConfig {
     pub segment_count: usize,
 }
 
+/// Most publishes handed to the router at once by the publishing thread.
+const PUBLISH_BATCH: usize = 4096;
+
 type Linker = Arc<dyn Fn(&str) -> Result<(LinkTx, LinkRx), String> + Send + Sync>;
 
 /// A message for the broker to route.
@@ -80,20 +83,51 @@ struct Outgoing {
     retain: bool,
 }
 
+/// Publishes gathered to reach the broker together (see [`Publisher::send`]).
+#[derive(Debug, Default)]
+pub struct Batch(Vec<Outgoing>);
+
+impl Batch {
+    /// Adds a publish.
+    pub fn publish(&mut self, topic: impl Into<Bytes>, payload: impl Into<Bytes>, retain: bool) {
+        self.0.push(Outgoing {
+            topic: topic.into(),
+            payload: payload.into(),
+            retain,
+        });
+    }
+
+    /// Number of publishes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// Publishes into the embedded broker. Cheap to clone; never blocks.
 #[derive(Clone, Debug)]
 pub struct Publisher {
-    tx: mpsc::UnboundedSender<Outgoing>,
+    tx: mpsc::UnboundedSender<Vec<Outgoing>>,
 }
 
 impl Publisher {
     /// Queues a publish. Subscribers receive it at their subscription's QoS.
     pub fn publish(&self, topic: impl Into<Bytes>, payload: impl Into<Bytes>, retain: bool) {
-        let _ = self.tx.send(Outgoing {
-            topic: topic.into(),
-            payload: payload.into(),
-            retain,
-        });
+        let mut b = Batch::default();
+        b.publish(topic, payload, retain);
+        self.send(b);
+    }
+
+    /// Queues several publishes, in order. They reach the router as one hand-over (one
+    /// wake of the publishing thread and of the router instead of one per publish).
+    pub fn send(&self, batch: Batch) {
+        if !batch.is_empty() {
+            let _ = self.tx.send(batch.0);
+        }
     }
 }
 
@@ -360,20 +394,24 @@ fn start_publisher(linker: &Linker) -> Result<Publisher, BrokerError> {
     link_tx
         .subscribe(crate::guard::SINK_TOPIC)
         .map_err(|e| BrokerError::Link(e.to_string()))?;
-    let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Outgoing>>();
     std::thread::Builder::new()
         .name("mqim-publisher".into())
         .spawn(move || {
             // Keeps the link registered with the router for as long as we publish.
             let _link_rx = link_rx;
-            while let Some(out) = rx.blocking_recv() {
-                let res = if out.retain {
-                    let publish = Publish::new(out.topic, out.payload, true);
-                    futures::executor::block_on(link_tx.send(Packet::Publish(publish, None)))
-                } else {
-                    link_tx.publish(out.topic, out.payload)
-                };
-                if let Err(e) = res {
+            let packet =
+                |o: Outgoing| Packet::Publish(Publish::new(o.topic, o.payload, o.retain), None);
+            while let Some(first) = rx.blocking_recv() {
+                // Everything queued meanwhile goes to the router with one wake.
+                let mut packets: Vec<Packet> = first.into_iter().map(packet).collect();
+                while packets.len() < PUBLISH_BATCH {
+                    match rx.try_recv() {
+                        Ok(more) => packets.extend(more.into_iter().map(packet)),
+                        Err(_) => break,
+                    }
+                }
+                if let Err(e) = link_tx.send_all(packets) {
                     warn!(error = %e, "broker link closed; publisher stops");
                     break;
                 }

@@ -23,7 +23,7 @@ pub mod registry;
 pub mod topics;
 mod ws;
 
-pub use embedded::{BrokerConfig, BrokerError, Closer, EmbeddedBroker, Publisher};
+pub use embedded::{Batch, BrokerConfig, BrokerError, Closer, EmbeddedBroker, Publisher};
 pub use guard::{device_topic, DEVICE_TOPIC_PREFIX, SINK_TOPIC};
 pub use hooks::{BoxFuture, Denied, Hooks};
 pub use registry::{now_ms, Connection, Principal, Registry};

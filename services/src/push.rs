@@ -3,7 +3,7 @@
 //! A frame goes to `…/in/json` and `…/in/pb`; the broker drops a publish nobody is
 //! subscribed to at almost no cost, so each subscriber gets it in the format it chose.
 
-use mqim_broker::{Fmt, Publisher};
+use mqim_broker::{Batch, Fmt, Publisher};
 use mqim_proto::{encode_server, Format, ServerFrame};
 use serde_json::Value;
 use std::collections::HashSet;
@@ -77,19 +77,43 @@ impl Push {
 
     /// Sends `frame` to all of user `uid`'s devices.
     pub fn to_user(&self, uid: i64, frame: &ServerFrame) {
-        for f in self.inbox_formats.of(uid) {
-            let topic = format!("im/u/{uid}/in/{}", f.leaf());
-            self.publisher
-                .publish(topic, encode_server(format_of(f), frame), false);
+        let mut b = Batch::default();
+        self.to_users_in(&mut b, &[uid], frame);
+        self.publisher.send(b);
+    }
+
+    /// Adds `frame` for all devices of each user in `uids` to `batch`, encoding it at
+    /// most once per format.
+    pub fn to_users_in(&self, batch: &mut Batch, uids: &[i64], frame: &ServerFrame) {
+        let mut encoded: [Option<bytes::Bytes>; 2] = [None, None];
+        for &uid in uids {
+            for f in self.inbox_formats.of(uid) {
+                let slot = &mut encoded[f as usize];
+                let payload = slot
+                    .get_or_insert_with(|| encode_server(format_of(f), frame).into())
+                    .clone();
+                batch.publish(format!("im/u/{uid}/in/{}", f.leaf()), payload, false);
+            }
         }
+    }
+
+    /// Hands `batch` to the broker (in order, in one go).
+    pub fn send(&self, batch: Batch) {
+        self.publisher.send(batch);
     }
 
     /// Sends `frame` to the members of group `gid` subscribed to its topic.
     pub fn to_group(&self, gid: i64, frame: &ServerFrame) {
+        let mut b = Batch::default();
+        self.to_group_in(&mut b, gid, frame);
+        self.publisher.send(b);
+    }
+
+    /// Adds `frame` for the members of group `gid` to `batch`.
+    pub fn to_group_in(&self, batch: &mut Batch, gid: i64, frame: &ServerFrame) {
         for f in Fmt::ALL {
             let topic = format!("im/g/{gid}/in/{}", f.leaf());
-            self.publisher
-                .publish(topic, encode_server(format_of(f), frame), false);
+            batch.publish(topic, encode_server(format_of(f), frame), false);
         }
     }
 

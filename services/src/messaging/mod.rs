@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use mqim_broker::Batch;
 use mqim_proto::{ConversationId, MsgType, ServerFrame};
 use parking_lot::Mutex;
 use sqlx::Row;
@@ -307,15 +308,19 @@ async fn writer(db: Db, push: Push, mut rx: mpsc::Receiver<Job>, batch_max: usiz
         mpsc::unbounded_channel::<Vec<(NewMessage, ApiResult<Stored>)>>();
     tokio::spawn(async move {
         while let Some(done) = committed.recv().await {
+            // One hand-over to the broker per committed batch, in commit order.
+            let mut out = Batch::default();
             for (msg, res) in done {
                 match res {
-                    Ok(stored) => deliver(&push, &msg, &stored),
-                    Err(e) => push.to_user(
-                        msg.sender,
+                    Ok(stored) => deliver(&push, &mut out, &msg, &stored),
+                    Err(e) => push.to_users_in(
+                        &mut out,
+                        &[msg.sender],
                         &ServerFrame::error(Some(msg.client_msg_id), e.code, e.message),
                     ),
                 }
             }
+            push.send(out);
         }
     });
     let mut batch = Vec::with_capacity(batch_max);
@@ -372,7 +377,7 @@ async fn store_batch(db: &Db, batch: &[Job]) -> Result<Vec<ApiResult<Stored>>, A
 }
 /// After commit: the ack to the sender's devices; the message to the recipients and to
 /// the sender's other devices. A repeated send gets the original ack only.
-fn deliver(push: &Push, m: &NewMessage, s: &Stored) {
+fn deliver(push: &Push, out: &mut Batch, m: &NewMessage, s: &Stored) {
     let f = &s.frame;
     let ack = ServerFrame::Ack {
         client_msg_id: f.client_msg_id.clone(),
@@ -381,17 +386,14 @@ fn deliver(push: &Push, m: &NewMessage, s: &Stored) {
         seq: f.seq,
         created_at: f.created_at,
     };
-    push.to_user(m.sender, &ack);
+    push.to_users_in(out, &[m.sender], &ack);
     if s.duplicate {
         return;
     }
     let frame = ServerFrame::Message(f.clone());
     match (m.to_user, m.to_group) {
-        (Some(to), _) => {
-            push.to_user(to, &frame);
-            push.to_user(m.sender, &frame);
-        }
-        (_, Some(g)) => push.to_group(g, &frame),
+        (Some(to), _) => push.to_users_in(out, &[to, m.sender], &frame),
+        (_, Some(g)) => push.to_group_in(out, g, &frame),
         _ => {}
     }
 }

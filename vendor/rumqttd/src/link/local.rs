@@ -235,6 +235,25 @@ impl LinkTx {
         Ok(len)
     }
 
+    /// mqim patch: queues several packets and wakes the router once for all of them
+    /// (`publish` and `send` wake it once per packet, and the router handles the whole
+    /// queue on the first wake anyway).
+    pub fn send_all<I>(&mut self, packets: I) -> Result<usize, LinkError>
+    where
+        I: IntoIterator<Item = Packet>,
+    {
+        let len = {
+            let mut buffer = self.recv_buffer.lock();
+            buffer.extend(packets);
+            buffer.len()
+        };
+
+        self.router_tx
+            .send((self.connection_id, Event::DeviceData))?;
+
+        Ok(len)
+    }
+
     fn try_push(&mut self, data: Packet) -> Result<usize, LinkError> {
         let len = {
             let mut buffer = self.recv_buffer.lock();
