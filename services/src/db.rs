@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
-use sqlx::{AnyPool, Executor};
+use sqlx::{AnyConnection, AnyPool, Connection, Executor};
 
 use crate::config::{redact_url, Config};
 
@@ -29,6 +29,15 @@ pub enum Backend {
     Postgres,
 }
 
+/// SQLite settings for every connection. WAL: readers never block the writer.
+/// synchronous=NORMAL is durable against a killed process (not power loss).
+/// wal_autocheckpoint=0: the committing writer would otherwise copy the WAL back into
+/// the database inside its commit every 1,000 pages (a stall of several ms on the
+/// message path); `Db::checkpoints` does it in the background instead.
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; \
+                              PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON; \
+                              PRAGMA wal_autocheckpoint=0;";
+
 /// The pool and its backend.
 #[derive(Debug, Clone)]
 pub struct Db {
@@ -38,8 +47,38 @@ pub struct Db {
     pub backend: Backend,
     /// SQLite has one writer at a time. Write transactions of this process queue here
     /// (FIFO, woken at once) rather than in SQLite's busy handler, which polls with
-    /// sleeps of up to 100 ms and turned lock contention into latency spikes.
-    write_gate: Arc<tokio::sync::Mutex<()>>,
+    /// sleeps of up to 100 ms and turned lock contention into latency spikes. It also
+    /// keeps the message writer's own connection between batches (see
+    /// [`Db::batch_writer`]).
+    write_gate: Arc<tokio::sync::Mutex<Option<AnyConnection>>>,
+    /// For opening the batch writer's connection.
+    opts: AnyConnectOptions,
+}
+
+/// SQLite's message-batch writer: a connection of its own, taken with the write gate
+/// held. A batch opens and commits its transaction inside its own statements (see
+/// `messaging::store`), so the whole batch is two round trips to SQLite's thread instead
+/// of one per statement plus `BEGIN` and `COMMIT`. Dropped without [`BatchWriter::done`]
+/// (an error, or a cancelled batch), the connection is closed, which rolls back whatever
+/// it had not committed; the next batch opens a new one.
+pub struct BatchWriter {
+    conn: Option<AnyConnection>,
+    gate: tokio::sync::OwnedMutexGuard<Option<AnyConnection>>,
+}
+
+impl BatchWriter {
+    /// The connection.
+    ///
+    /// # Errors
+    /// Never in practice (the connection is present until `done`).
+    pub fn conn(&mut self) -> Result<&mut AnyConnection, sqlx::Error> {
+        self.conn.as_mut().ok_or(sqlx::Error::PoolClosed)
+    }
+
+    /// The batch committed: keep the connection for the next one.
+    pub fn done(mut self) {
+        *self.gate = self.conn.take();
+    }
 }
 
 /// A write transaction (see [`Db::begin_write`]); dereferences to the connection, so
@@ -48,7 +87,7 @@ pub struct WriteTx {
     /// Which engine (for SQL that differs).
     pub backend: Backend,
     tx: sqlx::Transaction<'static, sqlx::Any>,
-    _gate: Option<tokio::sync::OwnedMutexGuard<()>>,
+    _gate: Option<tokio::sync::OwnedMutexGuard<Option<AnyConnection>>>,
 }
 
 impl WriteTx {
@@ -124,29 +163,19 @@ impl Db {
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
-                        // WAL: readers never block the writer. synchronous=NORMAL is
-                        // durable against a killed process (not power loss).
-                        // wal_autocheckpoint=0: the committing writer would otherwise
-                        // copy the WAL back into the database inside its commit every
-                        // 1,000 pages (a stall of several ms on the message path);
-                        // `Db::checkpoints` does it in the background instead.
-                        conn.execute(
-                            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; \
-                             PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON; \
-                             PRAGMA wal_autocheckpoint=0;",
-                        )
-                        .await?;
+                        conn.execute(SQLITE_PRAGMAS).await?;
                     }
                     Ok(())
                 })
             })
-            .connect_with(opts)
+            .connect_with(opts.clone())
             .await
             .map_err(err)?;
         Ok(Db {
             pool,
             backend,
             write_gate: Arc::default(),
+            opts,
         })
     }
 
@@ -160,6 +189,31 @@ impl Db {
             Backend::Postgres => POSTGRES.run(&self.pool).await?,
         }
         Ok(())
+    }
+
+    /// SQLite: waits for the write gate and returns the message writer's connection
+    /// (opened on first use or after a failed batch). `None` on PostgreSQL, where
+    /// batches use [`Db::begin_write`].
+    ///
+    /// # Errors
+    /// When the connection cannot be opened.
+    pub async fn batch_writer(&self) -> Result<Option<BatchWriter>, sqlx::Error> {
+        if self.backend != Backend::Sqlite {
+            return Ok(None);
+        }
+        let mut gate = self.write_gate.clone().lock_owned().await;
+        let conn = match gate.take() {
+            Some(c) => c,
+            None => {
+                let mut c = AnyConnection::connect_with(&self.opts).await?;
+                c.execute(SQLITE_PRAGMAS).await?;
+                c
+            }
+        };
+        Ok(Some(BatchWriter {
+            conn: Some(conn),
+            gate,
+        }))
     }
 
     /// Begins a transaction that will write. On SQLite it takes the write lock at once

@@ -369,11 +369,8 @@ async fn writer(db: Db, push: Push, mut rx: mpsc::Receiver<Job>, batch_max: usiz
 /// Stores a batch in one transaction. Per-message rule failures (a bad `reply_to`) are
 /// per-message results; a database failure fails the whole batch.
 async fn store_batch(db: &Db, batch: &[Job]) -> Result<Vec<ApiResult<Stored>>, ApiError> {
-    let mut tx = db.begin_write().await?;
     let msgs: Vec<&NewMessage> = batch.iter().map(|j| &j.msg).collect();
-    let out = store::store_many(&mut tx, &msgs).await?;
-    tx.commit().await?;
-    Ok(out)
+    store::store_many(db, &msgs).await
 }
 /// After commit: the ack to the sender's devices; the message to the recipients and to
 /// the sender's other devices. A repeated send gets the original ack only.

@@ -72,11 +72,15 @@ pub fn frame_of(r: &AnyRow) -> Result<MessageFrame, sqlx::Error> {
 /// bind-parameter limits (10 columns × 100 rows).
 const ROWS_PER_STATEMENT: usize = 100;
 
-/// Stores a batch of messages inside `tx` with a fixed number of statements, whatever
-/// the batch size: one lookup of the idempotency keys, one upsert of the conversations
-/// (taking a run of seqs each), one multi-row insert (per 100 messages). Each database
-/// round trip is a hop to the driver's thread and back, so per-message statements were
-/// what limited throughput.
+/// Stores a batch of messages with a fixed number of statements, whatever the batch
+/// size: one lookup of the idempotency keys, one upsert of the conversations (taking a
+/// run of seqs each), one multi-row insert (per 100 messages). Each database round trip
+/// is a hop to the driver's thread (SQLite) or the server (PostgreSQL), so per-message
+/// statements were what limited throughput. On SQLite the statements of a step travel
+/// together as one multi-statement query on the batch writer's own connection, with
+/// `BEGIN IMMEDIATE` in front of the first step and `COMMIT` behind the last: two round
+/// trips per batch (see [`Db::batch_writer`]). On PostgreSQL they run one by one in a
+/// transaction.
 ///
 /// Returns one result per message, in order: the earlier message for a repeated
 /// `(sender, client_msg_id)` (also when both are in this batch), otherwise the new one
@@ -84,9 +88,102 @@ const ROWS_PER_STATEMENT: usize = 100;
 ///
 /// # Errors
 /// Per message: `invalid_reply` (422) for a `reply_to` outside the conversation.
-/// For the whole batch: database errors.
+/// For the whole batch: database errors (nothing of the batch is then stored).
 pub async fn store_many(
-    tx: &mut WriteTx,
+    db: &Db,
+    msgs: &[&NewMessage],
+) -> Result<Vec<Result<Stored, ApiError>>, ApiError> {
+    match db.batch_writer().await? {
+        Some(mut w) => {
+            let out = store_steps(&mut Steps::Fused(w.conn()?), db.backend, msgs).await?;
+            w.done();
+            Ok(out)
+        }
+        None => {
+            let mut tx = db.begin_write().await?;
+            let out = store_steps(&mut Steps::Tx(&mut tx), db.backend, msgs).await?;
+            tx.commit().await?;
+            Ok(out)
+        }
+    }
+}
+
+/// A bind value of a batch statement.
+enum Arg<'a> {
+    Int(i64),
+    OptInt(Option<i64>),
+    Text(&'a str),
+}
+
+/// A statement and its arguments.
+struct Stmt<'a> {
+    sql: String,
+    args: Vec<Arg<'a>>,
+}
+
+/// How a batch's steps reach the database (see [`store_many`]).
+enum Steps<'c> {
+    /// SQLite: each step is one multi-statement query; the first opens the
+    /// transaction, the last commits it.
+    Fused(&'c mut sqlx::AnyConnection),
+    /// PostgreSQL: statements one by one inside `tx`.
+    Tx(&'c mut WriteTx),
+}
+
+impl Steps<'_> {
+    /// Runs `stmts` (`first`: the batch's first step, `last`: its last) and returns the
+    /// rows they produced, in order.
+    async fn run(
+        &mut self,
+        stmts: &[Stmt<'_>],
+        first: bool,
+        last: bool,
+    ) -> Result<Vec<AnyRow>, sqlx::Error> {
+        match self {
+            Steps::Fused(conn) => {
+                let mut sql = String::new();
+                if first {
+                    sql.push_str("BEGIN IMMEDIATE;\n");
+                }
+                for s in stmts {
+                    sql.push_str(&s.sql);
+                    sql.push_str(";\n");
+                }
+                if last {
+                    sql.push_str("COMMIT;");
+                }
+                let q = stmts
+                    .iter()
+                    .flat_map(|s| &s.args)
+                    .fold(sqlx::query(&sql), bind);
+                q.fetch_all(&mut **conn).await
+            }
+            Steps::Tx(tx) => {
+                let mut rows = Vec::new();
+                for s in stmts {
+                    let q = s.args.iter().fold(sqlx::query(&s.sql), bind);
+                    rows.extend(q.fetch_all(&mut ***tx).await?);
+                }
+                Ok(rows)
+            }
+        }
+    }
+}
+
+fn bind<'q>(
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    a: &'q Arg<'q>,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    match a {
+        Arg::Int(v) => q.bind(*v),
+        Arg::OptInt(v) => q.bind(*v),
+        Arg::Text(v) => q.bind(*v),
+    }
+}
+
+async fn store_steps(
+    steps: &mut Steps<'_>,
+    backend: Backend,
     msgs: &[&NewMessage],
 ) -> Result<Vec<Result<Stored, ApiError>>, ApiError> {
     let mut out: Vec<Option<Result<Stored, ApiError>>> = (0..msgs.len()).map(|_| None).collect();
@@ -102,46 +199,54 @@ pub async fn store_many(
         }
     }
     let keys: Vec<(i64, &str)> = first_of.keys().copied().collect();
-    for chunk in keys.chunks(ROWS_PER_STATEMENT) {
-        let cond = (0..chunk.len())
-            .map(|i| {
-                format!(
-                    "(sender_id = {} AND client_msg_id = {})",
-                    param(tx.backend, 2 * i + 1),
-                    param(tx.backend, 2 * i + 2)
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(" OR ");
-        let sql = format!("SELECT {MSG_COLS} FROM messages WHERE {cond}");
-        let mut q = sqlx::query(&sql);
-        for (sender, key) in chunk {
-            q = q.bind(*sender).bind(*key);
-        }
-        for r in q.fetch_all(&mut **tx).await? {
-            let frame = frame_of(&r)?;
-            if let Some(&i) = first_of.get(&(frame.from, frame.client_msg_id.as_str())) {
-                out[i] = Some(Ok(Stored {
-                    frame,
-                    duplicate: true,
-                }));
+    let lookups: Vec<Stmt> = keys
+        .chunks(ROWS_PER_STATEMENT)
+        .map(|chunk| {
+            let cond = (0..chunk.len())
+                .map(|i| {
+                    format!(
+                        "(sender_id = {} AND client_msg_id = {})",
+                        param(backend, 2 * i + 1),
+                        param(backend, 2 * i + 2)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" OR ");
+            Stmt {
+                sql: format!("SELECT {MSG_COLS} FROM messages WHERE {cond}"),
+                args: chunk
+                    .iter()
+                    .flat_map(|(s, k)| [Arg::Int(*s), Arg::Text(k)])
+                    .collect(),
             }
+        })
+        .collect();
+    for r in steps.run(&lookups, true, false).await? {
+        let frame = frame_of(&r)?;
+        if let Some(&i) = first_of.get(&(frame.from, frame.client_msg_id.as_str())) {
+            out[i] = Some(Ok(Stored {
+                frame,
+                duplicate: true,
+            }));
         }
     }
     // 2. Replies must name a message of the same conversation (rare: one query each).
+    let cids: Vec<String> = msgs.iter().map(|m| m.conv.to_string()).collect();
     let mut fresh: Vec<usize> = Vec::new();
     for (i, m) in msgs.iter().enumerate() {
         if out[i].is_some() || first_of.get(&(m.sender, m.client_msg_id.as_str())) != Some(&i) {
             continue;
         }
         if let Some(reply) = m.reply_to {
-            let ok = sqlx::query("SELECT 1 FROM messages WHERE id = $1 AND conversation_id = $2")
-                .bind(reply)
-                .bind(m.conv.to_string())
-                .fetch_optional(&mut **tx)
-                .await?
-                .is_some();
-            if !ok {
+            let check = Stmt {
+                sql: format!(
+                    "SELECT 1 AS found FROM messages WHERE id = {} AND conversation_id = {}",
+                    param(backend, 1),
+                    param(backend, 2)
+                ),
+                args: vec![Arg::Int(reply), Arg::Text(&cids[i])],
+            };
+            if steps.run(&[check], false, false).await?.is_empty() {
                 out[i] = Some(Err(ApiError::invalid(
                     "invalid_reply",
                     "reply_to is not a message of this conversation",
@@ -151,60 +256,107 @@ pub async fn store_many(
         }
         fresh.push(i);
     }
-    // 3. Seqs: each conversation takes a run of as many seqs as it has new messages.
+    // 3. Seqs: each conversation takes a run of as many seqs as it has new messages
+    //    (upsert), and each new message takes its place in that run, computed in the
+    //    insert from the conversation's new last_seq: `last_seq - n + 1 + j` for the
+    //    j-th of its n messages in this batch.
     let now = now_ms();
-    let cids: Vec<String> = msgs.iter().map(|m| m.conv.to_string()).collect();
     let mut counts: Vec<(&str, &ConversationId, i64)> = Vec::new();
     let mut at: HashMap<&str, usize> = HashMap::new();
+    let mut place: Vec<i64> = Vec::with_capacity(fresh.len());
     for &i in &fresh {
         let cid = cids[i].as_str();
-        match at.entry(cid) {
-            Entry::Occupied(e) => counts[*e.get()].2 += 1,
-            Entry::Vacant(e) => {
-                e.insert(counts.len());
-                counts.push((cid, &msgs[i].conv, 1));
-            }
-        }
+        let k = *at.entry(cid).or_insert_with(|| {
+            counts.push((cid, &msgs[i].conv, 0));
+            counts.len() - 1
+        });
+        place.push(counts[k].2);
+        counts[k].2 += 1;
     }
-    let mut next_seq: HashMap<String, i64> = HashMap::new();
+    let mut writes: Vec<Stmt> = Vec::new();
     for chunk in counts.chunks(ROWS_PER_STATEMENT) {
-        let values = placeholders(tx.backend, chunk.len(), 6);
-        let sql = format!(
-            "INSERT INTO conversations (id, user_a, user_b, group_id, last_seq, updated_at) \
-             VALUES {values} \
-             ON CONFLICT (id) DO UPDATE SET last_seq = conversations.last_seq + excluded.last_seq, \
-             updated_at = excluded.updated_at \
-             RETURNING id, last_seq"
-        );
-        let mut q = sqlx::query(&sql);
-        for (cid, conv, n) in chunk {
-            let (a, b, g) = match **conv {
-                ConversationId::Direct(a, b) => (Some(a), Some(b), None),
-                ConversationId::Group(g) => (None, None, Some(g)),
-            };
-            q = q.bind(*cid).bind(a).bind(b).bind(g).bind(*n).bind(now);
-        }
-        let taken: HashMap<&str, i64> = chunk.iter().map(|(c, _, n)| (*c, *n)).collect();
-        for r in q.fetch_all(&mut **tx).await? {
-            let id: String = r.try_get("id")?;
-            let last: i64 = r.try_get("last_seq")?;
-            let n = taken.get(id.as_str()).copied().unwrap_or(1);
-            next_seq.insert(id, last - n + 1);
-        }
+        writes.push(Stmt {
+            sql: format!(
+                "INSERT INTO conversations (id, user_a, user_b, group_id, last_seq, updated_at) \
+                 VALUES {} ON CONFLICT (id) DO UPDATE SET \
+                 last_seq = conversations.last_seq + excluded.last_seq, \
+                 updated_at = excluded.updated_at",
+                placeholders(backend, chunk.len(), 6, &[])
+            ),
+            args: chunk
+                .iter()
+                .flat_map(|(cid, conv, n)| {
+                    let (a, b, g) = match **conv {
+                        ConversationId::Direct(a, b) => (Some(a), Some(b), None),
+                        ConversationId::Group(g) => (None, None, Some(g)),
+                    };
+                    [
+                        Arg::Text(cid),
+                        Arg::OptInt(a),
+                        Arg::OptInt(b),
+                        Arg::OptInt(g),
+                        Arg::Int(*n),
+                        Arg::Int(now),
+                    ]
+                })
+                .collect(),
+        });
     }
     // 4. Insert, in batch order, so seqs follow the order the sends arrived in.
-    let mut frames: Vec<(usize, MessageFrame)> = Vec::with_capacity(fresh.len());
-    for &i in &fresh {
+    let fresh_places: Vec<(usize, i64)> = fresh.iter().copied().zip(place).collect();
+    for chunk in fresh_places.chunks(ROWS_PER_STATEMENT) {
+        writes.push(Stmt {
+            sql: format!(
+                "INSERT INTO messages (conversation_id, seq, sender_id, to_user, to_group, \
+                 msg_type, content, client_msg_id, reply_to, created_at) VALUES {} \
+                 RETURNING id, conversation_id, seq",
+                placeholders(backend, chunk.len(), 11, &[(1, SEQ_OF_PLACE)])
+            ),
+            args: chunk
+                .iter()
+                .flat_map(|&(i, j)| {
+                    let m = msgs[i];
+                    let n = counts[at[cids[i].as_str()]].2;
+                    [
+                        Arg::Text(&cids[i]),
+                        Arg::Text(&cids[i]),
+                        Arg::Int(j - n + 1),
+                        Arg::Int(m.sender),
+                        Arg::OptInt(m.to_user),
+                        Arg::OptInt(m.to_group),
+                        Arg::Text(m.msg_type.as_str()),
+                        Arg::Text(&m.content),
+                        Arg::Text(&m.client_msg_id),
+                        Arg::OptInt(m.reply_to),
+                        Arg::Int(now),
+                    ]
+                })
+                .collect(),
+        });
+    }
+    // RETURNING gives no order guarantee: the rows of a conversation are its run of
+    // seqs, the lowest is its first message of the batch.
+    let mut ids: HashMap<(String, i64), i64> = HashMap::new();
+    let mut base: HashMap<String, i64> = HashMap::new();
+    for r in steps.run(&writes, false, true).await? {
+        let cid: String = r.try_get("conversation_id")?;
+        let seq: i64 = r.try_get("seq")?;
+        let b = base.entry(cid.clone()).or_insert(seq);
+        *b = (*b).min(seq);
+        ids.insert((cid, seq), r.try_get("id")?);
+    }
+    for (i, j) in fresh_places {
         let m = msgs[i];
-        let seq_slot = next_seq
-            .get_mut(&cids[i])
-            .ok_or_else(|| ApiError::internal("conversation upsert returned no seq"))?;
-        let seq = *seq_slot;
-        *seq_slot += 1;
-        frames.push((
-            i,
-            MessageFrame {
-                id: 0,
+        let seq = base
+            .get(&cids[i])
+            .map(|b| b + j)
+            .ok_or_else(|| ApiError::internal("insert returned no row"))?;
+        let id = ids
+            .remove(&(cids[i].clone(), seq))
+            .ok_or_else(|| ApiError::internal("insert returned no id"))?;
+        out[i] = Some(Ok(Stored {
+            frame: MessageFrame {
+                id,
                 conversation_id: cids[i].clone(),
                 seq,
                 from: m.sender,
@@ -217,49 +369,6 @@ pub async fn store_many(
                 reply_to: m.reply_to,
                 recalled: false,
             },
-        ));
-    }
-    for chunk in frames.chunks_mut(ROWS_PER_STATEMENT) {
-        let values = placeholders(tx.backend, chunk.len(), 10);
-        let sql = format!(
-            "INSERT INTO messages (conversation_id, seq, sender_id, to_user, to_group, msg_type, \
-             content, client_msg_id, reply_to, created_at) VALUES {values} \
-             RETURNING id, conversation_id, seq"
-        );
-        let mut q = sqlx::query(&sql);
-        for (_, f) in chunk.iter() {
-            q = q
-                .bind(&f.conversation_id)
-                .bind(f.seq)
-                .bind(f.from)
-                .bind(f.to_user)
-                .bind(f.to_group)
-                .bind(f.msg_type.as_str())
-                .bind(&f.content)
-                .bind(&f.client_msg_id)
-                .bind(f.reply_to)
-                .bind(f.created_at);
-        }
-        // RETURNING gives no order guarantee: match rows by (conversation, seq).
-        let mut ids: HashMap<(String, i64), i64> = HashMap::new();
-        for r in q.fetch_all(&mut **tx).await? {
-            ids.insert(
-                (r.try_get("conversation_id")?, r.try_get("seq")?),
-                r.try_get("id")?,
-            );
-        }
-        for (_, f) in chunk.iter_mut() {
-            f.id = ids
-                .remove(&(std::mem::take(&mut f.conversation_id), f.seq))
-                .ok_or_else(|| ApiError::internal("insert returned no id"))?;
-        }
-        for (i, f) in chunk.iter_mut() {
-            f.conversation_id.clone_from(&cids[*i]);
-        }
-    }
-    for (i, frame) in frames {
-        out[i] = Some(Ok(Stored {
-            frame,
             duplicate: false,
         }));
     }
@@ -279,22 +388,50 @@ pub async fn store_many(
         .collect()
 }
 
+/// The seq of a new message from its conversation's `last_seq` after this batch's
+/// upsert: two placeholders (the conversation, the offset `j - n + 1`).
+const SEQ_OF_PLACE: &str = "(SELECT last_seq FROM conversations WHERE id = {}) + {}";
+
 /// `($1, $2, …), ($k+1, …), …`: `rows` tuples of `cols` placeholders — numbered for
 /// PostgreSQL, plain `?` for SQLite, whose driver looks a numbered parameter's name up
 /// in a list for every bind (quadratic in the number of parameters: 5% of the 1:1
-/// benchmark's samples with 1,000-parameter statements).
-fn placeholders(backend: Backend, rows: usize, cols: usize) -> String {
+/// benchmark's samples with 1,000-parameter statements). `exprs` replaces, in each
+/// tuple, the value at a column index with an expression template whose `{}` are
+/// placeholders (consuming that many of the `cols`).
+fn placeholders(backend: Backend, rows: usize, cols: usize, exprs: &[(usize, &str)]) -> String {
     let mut s = String::with_capacity(rows * cols * 5);
+    let mut n = 0;
+    let mut next = || {
+        n += 1;
+        param(backend, n)
+    };
     for r in 0..rows {
         if r > 0 {
             s.push_str(", ");
         }
         s.push('(');
-        for c in 0..cols {
-            if c > 0 {
+        let mut c = 0;
+        let mut value = 0;
+        while c < cols {
+            if value > 0 {
                 s.push_str(", ");
             }
-            s.push_str(&param(backend, r * cols + c + 1));
+            match exprs.iter().find(|(at, _)| *at == value) {
+                Some((_, tpl)) => {
+                    let mut parts = tpl.split("{}");
+                    s.push_str(parts.next().unwrap_or_default());
+                    for p in parts {
+                        s.push_str(&next());
+                        s.push_str(p);
+                        c += 1;
+                    }
+                }
+                None => {
+                    s.push_str(&next());
+                    c += 1;
+                }
+            }
+            value += 1;
         }
         s.push(')');
     }
@@ -434,26 +571,40 @@ pub struct CursorKey {
 /// Database errors.
 pub async fn save_cursors(db: &Db, cursors: &[(CursorKey, i64)]) -> Result<(), sqlx::Error> {
     // One transaction per statement: between them the write gate lets message batches
-    // in, so a large flush does not stall sends (each row stands on its own).
+    // in, so a large flush does not stall sends (each row stands on its own). On SQLite
+    // it is one round trip on the batch writer's connection (see `store_many`).
     for chunk in cursors.chunks(ROWS_PER_STATEMENT * 2) {
-        let mut tx = db.begin_write().await?;
-        let sql = format!(
-            "INSERT INTO device_cursors (user_id, client_id, conversation_id, acked_seq) VALUES {} \
-             ON CONFLICT (user_id, client_id, conversation_id) DO UPDATE SET \
-             acked_seq = CASE WHEN excluded.acked_seq > device_cursors.acked_seq \
-             THEN excluded.acked_seq ELSE device_cursors.acked_seq END",
-            placeholders(tx.backend, chunk.len(), 4)
-        );
-        let mut q = sqlx::query(&sql);
-        for (k, seq) in chunk {
-            q = q
-                .bind(k.uid)
-                .bind(&k.client_id)
-                .bind(&k.conversation_id)
-                .bind(*seq);
+        let upsert = Stmt {
+            sql: format!(
+                "INSERT INTO device_cursors (user_id, client_id, conversation_id, acked_seq) \
+                 VALUES {} ON CONFLICT (user_id, client_id, conversation_id) DO UPDATE SET \
+                 acked_seq = CASE WHEN excluded.acked_seq > device_cursors.acked_seq \
+                 THEN excluded.acked_seq ELSE device_cursors.acked_seq END",
+                placeholders(db.backend, chunk.len(), 4, &[])
+            ),
+            args: chunk
+                .iter()
+                .flat_map(|(k, seq)| {
+                    [
+                        Arg::Int(k.uid),
+                        Arg::Text(&k.client_id),
+                        Arg::Text(&k.conversation_id),
+                        Arg::Int(*seq),
+                    ]
+                })
+                .collect(),
+        };
+        match db.batch_writer().await? {
+            Some(mut w) => {
+                Steps::Fused(w.conn()?).run(&[upsert], true, true).await?;
+                w.done();
+            }
+            None => {
+                let mut tx = db.begin_write().await?;
+                Steps::Tx(&mut tx).run(&[upsert], true, true).await?;
+                tx.commit().await?;
+            }
         }
-        q.execute(&mut *tx).await?;
-        tx.commit().await?;
     }
     Ok(())
 }
@@ -641,11 +792,8 @@ mod tests {
     }
 
     async fn store(db: &Db, msgs: &[NewMessage]) -> Vec<Result<Stored, ApiError>> {
-        let mut tx = db.begin_write().await.expect("begin");
         let refs: Vec<&NewMessage> = msgs.iter().collect();
-        let out = store_many(&mut tx, &refs).await.expect("store");
-        tx.commit().await.expect("commit");
-        out
+        store_many(db, &refs).await.expect("store")
     }
 
     #[tokio::test]
@@ -740,5 +888,40 @@ mod tests {
             (1..=251).collect::<Vec<_>>(),
             "no gap for the refused one"
         );
+    }
+
+    /// A batch that fails in the database stores nothing — not even its conversations'
+    /// seq runs — and the next batch works (on SQLite the batch writer's connection is
+    /// dropped with the failed transaction and a new one opened).
+    #[tokio::test]
+    async fn a_failed_batch_stores_nothing_and_the_next_one_continues_the_seqs() {
+        let db = fresh_db("failed").await;
+        let first = store(&db, &[msg(1, 2, "f1")]).await;
+        assert_eq!(first[0].as_ref().map(|s| s.frame.seq).ok(), Some(1));
+        // Sender 999 does not exist: the insert breaks the foreign key, after the
+        // conversation upsert of the same batch already ran.
+        let ghost = msg(999, 2, "g1");
+        let refs = [&msg(1, 2, "f2"), &ghost];
+        assert!(store_many(&db, &refs).await.is_err(), "the batch fails");
+        let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM messages")
+            .fetch_one(&db.pool)
+            .await
+            .and_then(|r| r.try_get("n"))
+            .expect("count");
+        assert_eq!(n, 1, "nothing of the failed batch is stored");
+        let next = store(&db, &[msg(1, 2, "f2"), msg(2, 1, "f3")]).await;
+        let seqs: Vec<i64> = next
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .map(|s| s.frame.seq)
+            .collect();
+        assert_eq!(seqs, vec![2, 3], "seqs continue without a gap");
+        for s in next.iter().filter_map(|r| r.as_ref().ok()) {
+            let row = message(&db, s.frame.id).await.expect("query").expect("row");
+            assert_eq!(
+                (row.seq, row.client_msg_id.as_str()),
+                (s.frame.seq, s.frame.client_msg_id.as_str())
+            );
+        }
     }
 }
