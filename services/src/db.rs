@@ -29,19 +29,12 @@ pub enum Backend {
     Postgres,
 }
 
-/// SQLite settings for every connection. page_size=1024 (takes effect only when the
-/// database is created; existing ones keep theirs): a commit writes every page it
-/// changed to the WAL, and a message batch changes a page per conversation in each
-/// index (the seq index, the idempotency-key index, the conversations table), so a
-/// quarter of the page size is a quarter of the bytes written per batch (1:1 benchmark:
-/// p99 at 5,000 msg/s 10.2–14.6 → 6.6–9.8 ms, sustained +10–15 %).
-/// WAL: readers never block the writer.
+/// SQLite settings for every connection. WAL: readers never block the writer.
 /// synchronous=NORMAL is durable against a killed process (not power loss).
 /// wal_autocheckpoint=0: the committing writer would otherwise copy the WAL back into
 /// the database inside its commit every 1,000 pages (a stall of several ms on the
 /// message path); `Db::checkpoints` does it in the background instead.
-const SQLITE_PRAGMAS: &str =
-    "PRAGMA page_size=1024; PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; \
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; \
                               PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON; \
                               PRAGMA wal_autocheckpoint=0;";
 
@@ -312,27 +305,6 @@ pub fn like_prefix(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A new database gets the small pages `SQLITE_PRAGMAS` asks for (set before
-    /// anything else creates the file's first page).
-    #[tokio::test]
-    async fn a_new_sqlite_database_uses_1_kib_pages() {
-        let mut cfg = Config::load(None).expect("defaults");
-        cfg.data_dir = std::env::temp_dir().join(format!(
-            "mqim-db-pages-{}-{}",
-            std::process::id(),
-            crate::now_ms()
-        ));
-        cfg.database.url = String::new();
-        let db = Db::connect(&cfg).await.expect("connect");
-        db.migrate().await.expect("migrate");
-        let size: i64 = sqlx::query("PRAGMA page_size")
-            .fetch_one(&db.pool)
-            .await
-            .and_then(|r| sqlx::Row::try_get(&r, 0))
-            .expect("page_size");
-        assert_eq!(size, 1024);
-    }
 
     /// With `wal_autocheckpoint=0`, only the background task moves committed pages from
     /// the WAL into the database file: if it stopped, the file would never grow.
