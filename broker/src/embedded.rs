@@ -97,11 +97,6 @@ impl Batch {
         });
     }
 
-    /// Number of publishes.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

@@ -791,6 +791,14 @@ mod tests {
         }
     }
 
+    async fn count_messages(db: &Db) -> i64 {
+        sqlx::query("SELECT COUNT(*) AS n FROM messages")
+            .fetch_one(&db.pool)
+            .await
+            .and_then(|r| r.try_get("n"))
+            .expect("count")
+    }
+
     async fn store(db: &Db, msgs: &[NewMessage]) -> Vec<Result<Stored, ApiError>> {
         let refs: Vec<&NewMessage> = msgs.iter().collect();
         store_many(db, &refs).await.expect("store")
@@ -861,11 +869,7 @@ mod tests {
                 )
             );
         }
-        let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM messages")
-            .fetch_one(&db.pool)
-            .await
-            .and_then(|r| r.try_get("n"))
-            .expect("count");
+        let n = count_messages(&db).await;
         assert_eq!(n, 7, "2 + 5 new rows, repeats stored nothing");
     }
 
@@ -903,11 +907,7 @@ mod tests {
         let ghost = msg(999, 2, "g1");
         let refs = [&msg(1, 2, "f2"), &ghost];
         assert!(store_many(&db, &refs).await.is_err(), "the batch fails");
-        let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM messages")
-            .fetch_one(&db.pool)
-            .await
-            .and_then(|r| r.try_get("n"))
-            .expect("count");
+        let n = count_messages(&db).await;
         assert_eq!(n, 1, "nothing of the failed batch is stored");
         let next = store(&db, &[msg(1, 2, "f2"), msg(2, 1, "f3")]).await;
         let seqs: Vec<i64> = next
