@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
-use sqlx::{AnyConnection, AnyPool, Connection, Executor};
+use sqlx::{AnyPool, Executor};
+
+use crate::sqlite_writer::{SqliteWriter, WriterGone};
 
 use crate::config::{redact_url, Config};
 
@@ -47,38 +49,11 @@ pub struct Db {
     pub backend: Backend,
     /// SQLite has one writer at a time. Write transactions of this process queue here
     /// (FIFO, woken at once) rather than in SQLite's busy handler, which polls with
-    /// sleeps of up to 100 ms and turned lock contention into latency spikes. It also
-    /// keeps the message writer's own connection between batches (see
-    /// [`Db::batch_writer`]).
-    write_gate: Arc<tokio::sync::Mutex<Option<AnyConnection>>>,
-    /// For opening the batch writer's connection.
-    opts: AnyConnectOptions,
-}
-
-/// SQLite's message-batch writer: a connection of its own, taken with the write gate
-/// held. A batch opens and commits its transaction inside its own statements (see
-/// `messaging::store`), so the whole batch is two round trips to SQLite's thread instead
-/// of one per statement plus `BEGIN` and `COMMIT`. Dropped without [`BatchWriter::done`]
-/// (an error, or a cancelled batch), the connection is closed, which rolls back whatever
-/// it had not committed; the next batch opens a new one.
-pub struct BatchWriter {
-    conn: Option<AnyConnection>,
-    gate: tokio::sync::OwnedMutexGuard<Option<AnyConnection>>,
-}
-
-impl BatchWriter {
-    /// The connection.
-    ///
-    /// # Errors
-    /// Never in practice (the connection is present until `done`).
-    pub fn conn(&mut self) -> Result<&mut AnyConnection, sqlx::Error> {
-        self.conn.as_mut().ok_or(sqlx::Error::PoolClosed)
-    }
-
-    /// The batch committed: keep the connection for the next one.
-    pub fn done(mut self) {
-        *self.gate = self.conn.take();
-    }
+    /// sleeps of up to 100 ms and turned lock contention into latency spikes.
+    write_gate: Arc<tokio::sync::Mutex<()>>,
+    /// SQLite (file databases): the thread that runs message batches and cursor
+    /// flushes (see [`Db::write_job`]).
+    writer: Option<Arc<SqliteWriter>>,
 }
 
 /// A write transaction (see [`Db::begin_write`]); dereferences to the connection, so
@@ -87,7 +62,7 @@ pub struct WriteTx {
     /// Which engine (for SQL that differs).
     pub backend: Backend,
     tx: sqlx::Transaction<'static, sqlx::Any>,
-    _gate: Option<tokio::sync::OwnedMutexGuard<Option<AnyConnection>>>,
+    _gate: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl WriteTx {
@@ -127,6 +102,9 @@ pub enum DbError {
     /// A migration failed.
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The SQLite writer thread could not start.
+    #[error("cannot open the SQLite writer on {0}: {1}")]
+    Writer(String, std::io::Error),
     /// The data directory could not be created.
     #[error("cannot create data directory {0}: {1}")]
     DataDir(String, std::io::Error),
@@ -153,6 +131,18 @@ impl Db {
             source,
         };
         let opts = AnyConnectOptions::from_str(&url).map_err(err)?;
+        // The writer thread needs a file; an in-memory database (only useful for a
+        // throwaway trial) writes through the pool instead.
+        let file = match backend {
+            Backend::Sqlite => {
+                let o = sqlx::sqlite::SqliteConnectOptions::from_str(&url).map_err(err)?;
+                let f = o.get_filename().to_path_buf();
+                let name = f.to_string_lossy();
+                (!name.contains(":memory:") && !name.starts_with("file:sqlx-in-memory"))
+                    .then_some(f)
+            }
+            Backend::Postgres => None,
+        };
         let pool = AnyPoolOptions::new()
             .max_connections(config.database.max_connections)
             .acquire_timeout(Duration::from_secs(10))
@@ -168,14 +158,20 @@ impl Db {
                     Ok(())
                 })
             })
-            .connect_with(opts.clone())
+            .connect_with(opts)
             .await
             .map_err(err)?;
+        let writer = match file {
+            Some(f) => Some(Arc::new(
+                SqliteWriter::open(&f).map_err(|e| DbError::Writer(redact_url(&url), e))?,
+            )),
+            None => None,
+        };
         Ok(Db {
             pool,
             backend,
             write_gate: Arc::default(),
-            opts,
+            writer,
         })
     }
 
@@ -191,29 +187,30 @@ impl Db {
         Ok(())
     }
 
-    /// SQLite: waits for the write gate and returns the message writer's connection
-    /// (opened on first use or after a failed batch). `None` on PostgreSQL, where
-    /// batches use [`Db::begin_write`].
+    /// SQLite (file databases): runs `f` on the writer thread, holding the write gate,
+    /// and returns its result; `f` opens and commits its own transaction (dropping a
+    /// rusqlite transaction uncommitted rolls it back). `None` on PostgreSQL and for an
+    /// in-memory SQLite database: write through [`Db::begin_write`] instead.
     ///
     /// # Errors
-    /// When the connection cannot be opened.
-    pub async fn batch_writer(&self) -> Result<Option<BatchWriter>, sqlx::Error> {
-        if self.backend != Backend::Sqlite {
-            return Ok(None);
-        }
-        let mut gate = self.write_gate.clone().lock_owned().await;
-        let conn = match gate.take() {
-            Some(c) => c,
-            None => {
-                let mut c = AnyConnection::connect_with(&self.opts).await?;
-                c.execute(SQLITE_PRAGMAS).await?;
-                c
-            }
-        };
-        Ok(Some(BatchWriter {
-            conn: Some(conn),
-            gate,
-        }))
+    /// When the writer thread has stopped.
+    pub async fn write_job<R, F>(&self, f: F) -> Option<Result<R, WriterGone>>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut rusqlite::Connection) -> R + Send + 'static,
+    {
+        let writer = self.writer.as_ref()?;
+        // The job keeps the gate until it has run, also if this future is dropped.
+        let gate = self.write_gate.clone().lock_owned().await;
+        Some(
+            writer
+                .run(move |conn| {
+                    let r = f(conn);
+                    drop(gate);
+                    r
+                })
+                .await,
+        )
     }
 
     /// Begins a transaction that will write. On SQLite it takes the write lock at once

@@ -114,3 +114,9 @@ pub fn on_unique(e: sqlx::Error, err: ApiError) -> ApiError {
         ApiError::internal(e)
     }
 }
+
+impl From<rusqlite::Error> for ApiError {
+    fn from(e: rusqlite::Error) -> Self {
+        ApiError::internal(e)
+    }
+}

@@ -24,6 +24,7 @@ pub mod passwords;
 pub mod presence;
 pub mod push;
 pub mod social;
+pub mod sqlite_writer;
 pub mod state;
 pub mod tokens;
 

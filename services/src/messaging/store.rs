@@ -13,6 +13,7 @@ use sqlx::Row;
 use crate::db::{Backend, Db, WriteTx};
 use crate::error::ApiError;
 use crate::now_ms;
+use crate::sqlite_writer::WriterGone;
 
 /// A message about to be stored (already authorized).
 #[derive(Debug, Clone)]
@@ -50,37 +51,91 @@ const MSG_COLS: &str =
 
 /// Builds a frame from a `messages` row selected with `MSG_COLS`.
 pub fn frame_of(r: &AnyRow) -> Result<MessageFrame, sqlx::Error> {
-    let t: String = r.try_get("msg_type")?;
-    let recalled: Option<i64> = r.try_get("recalled_at")?;
+    frame_from(r)
+}
+
+/// Column access shared by the pool's rows and the writer thread's (rusqlite) rows, so
+/// one function reads a message row from either.
+trait Cols {
+    type E;
+    fn int(&self, c: &str) -> Result<i64, Self::E>;
+    fn opt_int(&self, c: &str) -> Result<Option<i64>, Self::E>;
+    fn text(&self, c: &str) -> Result<String, Self::E>;
+}
+
+impl Cols for AnyRow {
+    type E = sqlx::Error;
+    fn int(&self, c: &str) -> Result<i64, sqlx::Error> {
+        self.try_get(c)
+    }
+    fn opt_int(&self, c: &str) -> Result<Option<i64>, sqlx::Error> {
+        self.try_get(c)
+    }
+    fn text(&self, c: &str) -> Result<String, sqlx::Error> {
+        self.try_get(c)
+    }
+}
+
+impl Cols for rusqlite::Row<'_> {
+    type E = rusqlite::Error;
+    fn int(&self, c: &str) -> Result<i64, rusqlite::Error> {
+        self.get(c)
+    }
+    fn opt_int(&self, c: &str) -> Result<Option<i64>, rusqlite::Error> {
+        self.get(c)
+    }
+    fn text(&self, c: &str) -> Result<String, rusqlite::Error> {
+        self.get(c)
+    }
+}
+
+fn frame_from<R: Cols>(r: &R) -> Result<MessageFrame, R::E> {
     Ok(MessageFrame {
-        id: r.try_get("id")?,
-        conversation_id: r.try_get("conversation_id")?,
-        seq: r.try_get("seq")?,
-        from: r.try_get("sender_id")?,
-        to_user: r.try_get("to_user")?,
-        to_group: r.try_get("to_group")?,
-        msg_type: t.parse().unwrap_or(MsgType::Custom),
-        content: r.try_get("content")?,
-        client_msg_id: r.try_get("client_msg_id")?,
-        created_at: r.try_get("created_at")?,
-        reply_to: r.try_get("reply_to")?,
-        recalled: recalled.is_some(),
+        id: r.int("id")?,
+        conversation_id: r.text("conversation_id")?,
+        seq: r.int("seq")?,
+        from: r.int("sender_id")?,
+        to_user: r.opt_int("to_user")?,
+        to_group: r.opt_int("to_group")?,
+        msg_type: r.text("msg_type")?.parse().unwrap_or(MsgType::Custom),
+        content: r.text("content")?,
+        client_msg_id: r.text("client_msg_id")?,
+        created_at: r.int("created_at")?,
+        reply_to: r.opt_int("reply_to")?,
+        recalled: r.opt_int("recalled_at")?.is_some(),
     })
+}
+
+/// A database failure of a write, through the pool or the writer thread.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// Through the pool.
+    #[error(transparent)]
+    Pool(#[from] sqlx::Error),
+    /// On the writer thread.
+    #[error(transparent)]
+    Thread(#[from] rusqlite::Error),
+    /// The writer thread stopped.
+    #[error(transparent)]
+    Gone(#[from] WriterGone),
+}
+
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> Self {
+        ApiError::internal(e)
+    }
 }
 
 /// Rows per multi-row statement: keeps every statement under SQLite's and PostgreSQL's
 /// bind-parameter limits (10 columns × 100 rows).
 const ROWS_PER_STATEMENT: usize = 100;
 
-/// Stores a batch of messages with a fixed number of statements, whatever the batch
-/// size: one lookup of the idempotency keys, one upsert of the conversations (taking a
-/// run of seqs each), one multi-row insert (per 100 messages). Each database round trip
-/// is a hop to the driver's thread (SQLite) or the server (PostgreSQL), so per-message
-/// statements were what limited throughput. On SQLite the statements of a step travel
-/// together as one multi-statement query on the batch writer's own connection, with
-/// `BEGIN IMMEDIATE` in front of the first step and `COMMIT` behind the last: two round
-/// trips per batch (see [`Db::batch_writer`]). On PostgreSQL they run one by one in a
-/// transaction.
+/// Stores a batch of messages in one transaction.
+///
+/// On SQLite (a file database) the whole batch is one job on the writer thread (see
+/// [`crate::sqlite_writer`]): prepared single-row statements, no round trips. On
+/// PostgreSQL every statement is a round trip to the server, so the batch is a fixed
+/// number of statements whatever its size (see [`store_steps`]).
 ///
 /// Returns one result per message, in order: the earlier message for a repeated
 /// `(sender, client_msg_id)` (also when both are in this batch), otherwise the new one
@@ -93,19 +148,204 @@ pub async fn store_many(
     db: &Db,
     msgs: &[&NewMessage],
 ) -> Result<Vec<Result<Stored, ApiError>>, ApiError> {
-    match db.batch_writer().await? {
-        Some(mut w) => {
-            let out = store_steps(&mut Steps::Fused(w.conn()?), db.backend, msgs).await?;
-            w.done();
-            Ok(out)
-        }
-        None => {
-            let mut tx = db.begin_write().await?;
-            let out = store_steps(&mut Steps::Tx(&mut tx), db.backend, msgs).await?;
-            tx.commit().await?;
-            Ok(out)
+    let owned: Vec<NewMessage> = msgs.iter().map(|m| (*m).clone()).collect();
+    if let Some(r) = db
+        .write_job(move |conn| store_on_thread(conn, &owned))
+        .await
+    {
+        return r.map_err(WriteError::from)?;
+    }
+    let mut tx = db.begin_write().await?;
+    let out = store_steps(&mut tx, db.backend, msgs).await?;
+    tx.commit().await?;
+    Ok(out)
+}
+
+/// Idempotency within a batch: the first index of each `(sender, client_msg_id)`, and
+/// `(repeat, first)` for the repeats.
+type FirstOf<'a> = (HashMap<(i64, &'a str), usize>, Vec<(usize, usize)>);
+
+fn first_of<'a, M: std::borrow::Borrow<NewMessage>>(msgs: &'a [M]) -> FirstOf<'a> {
+    let mut first: HashMap<(i64, &str), usize> = HashMap::new();
+    let mut repeats = Vec::new();
+    for (i, m) in msgs.iter().enumerate() {
+        let m = m.borrow();
+        match first.entry((m.sender, m.client_msg_id.as_str())) {
+            Entry::Occupied(e) => repeats.push((i, *e.get())),
+            Entry::Vacant(e) => {
+                e.insert(i);
+            }
         }
     }
+    (first, repeats)
+}
+
+/// The results of a batch once its new and found messages are in place: a key repeated
+/// in the batch answers like its first occurrence.
+fn finish(
+    mut out: Vec<Option<Result<Stored, ApiError>>>,
+    repeats: Vec<(usize, usize)>,
+) -> Result<Vec<Result<Stored, ApiError>>, ApiError> {
+    for (i, first) in repeats {
+        out[i] = Some(match &out[first] {
+            Some(Ok(s)) => Ok(Stored {
+                frame: s.frame.clone(),
+                duplicate: true,
+            }),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err(ApiError::internal("no result for a repeated send")),
+        });
+    }
+    out.into_iter()
+        .map(|r| r.ok_or_else(|| ApiError::internal("message left unstored")))
+        .collect()
+}
+
+fn invalid_reply() -> ApiError {
+    ApiError::invalid(
+        "invalid_reply",
+        "reply_to is not a message of this conversation",
+    )
+}
+
+/// The new message `m` as stored with `id` and `seq` at `now`.
+fn stored(m: &NewMessage, cid: String, id: i64, seq: i64, now: i64) -> Stored {
+    Stored {
+        frame: MessageFrame {
+            id,
+            conversation_id: cid,
+            seq,
+            from: m.sender,
+            to_user: m.to_user,
+            to_group: m.to_group,
+            msg_type: m.msg_type,
+            content: m.content.clone(),
+            client_msg_id: m.client_msg_id.clone(),
+            created_at: now,
+            reply_to: m.reply_to,
+            recalled: false,
+        },
+        duplicate: false,
+    }
+}
+
+/// `(user_a, user_b, group_id)` of a conversation row.
+fn parties(conv: &ConversationId) -> (Option<i64>, Option<i64>, Option<i64>) {
+    match *conv {
+        ConversationId::Direct(a, b) => (Some(a), Some(b), None),
+        ConversationId::Group(g) => (None, None, Some(g)),
+    }
+}
+
+const UPSERT_CONVERSATIONS: &str =
+    "INSERT INTO conversations (id, user_a, user_b, group_id, last_seq, updated_at) VALUES ";
+const UPSERT_CONVERSATIONS_END: &str = " ON CONFLICT (id) DO UPDATE SET \
+     last_seq = conversations.last_seq + excluded.last_seq, updated_at = excluded.updated_at";
+const INSERT_MESSAGES: &str = "INSERT INTO messages (conversation_id, seq, sender_id, to_user, \
+     to_group, msg_type, content, client_msg_id, reply_to, created_at) VALUES ";
+
+/// [`store_many`] on SQLite's writer thread: one transaction, each step a prepared
+/// single-row statement (in-process calls, no statement journal).
+fn store_on_thread(
+    conn: &mut rusqlite::Connection,
+    msgs: &[NewMessage],
+) -> Result<Vec<Result<Stored, ApiError>>, ApiError> {
+    use rusqlite::OptionalExtension;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut out: Vec<Option<Result<Stored, ApiError>>> = (0..msgs.len()).map(|_| None).collect();
+    let (first, repeats) = first_of(msgs);
+    let cids: Vec<String> = msgs.iter().map(|m| m.conv.to_string()).collect();
+    // 1. Idempotency and replies.
+    let mut fresh: Vec<usize> = Vec::with_capacity(msgs.len());
+    {
+        let mut find = tx.prepare_cached(&format!(
+            "SELECT {MSG_COLS} FROM messages WHERE sender_id = ?1 AND client_msg_id = ?2"
+        ))?;
+        let mut reply =
+            tx.prepare_cached("SELECT 1 FROM messages WHERE id = ?1 AND conversation_id = ?2")?;
+        for (i, m) in msgs.iter().enumerate() {
+            if first.get(&(m.sender, m.client_msg_id.as_str())) != Some(&i) {
+                continue;
+            }
+            let found = find
+                .query_row((m.sender, &m.client_msg_id), |r| frame_from(r))
+                .optional()?;
+            if let Some(frame) = found {
+                out[i] = Some(Ok(Stored {
+                    frame,
+                    duplicate: true,
+                }));
+            } else if let Some(to) = m.reply_to {
+                if reply.exists((to, &cids[i]))? {
+                    fresh.push(i);
+                } else {
+                    out[i] = Some(Err(invalid_reply()));
+                }
+            } else {
+                fresh.push(i);
+            }
+        }
+    }
+    // 2. Seqs: each conversation takes a run of as many seqs as it has new messages.
+    let now = now_ms();
+    let mut next: HashMap<&str, (usize, i64)> = HashMap::new();
+    let mut order: Vec<&str> = Vec::new();
+    for &i in &fresh {
+        next.entry(cids[i].as_str())
+            .or_insert_with(|| {
+                order.push(cids[i].as_str());
+                (i, 0)
+            })
+            .1 += 1;
+    }
+    {
+        let mut upsert = tx.prepare_cached(&format!(
+            "{UPSERT_CONVERSATIONS}(?1, ?2, ?3, ?4, ?5, ?6){UPSERT_CONVERSATIONS_END} \
+             RETURNING last_seq"
+        ))?;
+        for cid in order {
+            if let Some((i, n)) = next.get_mut(cid) {
+                let (a, b, g) = parties(&msgs[*i].conv);
+                let last: i64 = upsert.query_row((cid, a, b, g, *n, now), |r| r.get(0))?;
+                // From now on: the seq of the conversation's next new message.
+                *n = last - *n + 1;
+            }
+        }
+    }
+    // 3. Insert, in batch order.
+    {
+        let mut insert = tx.prepare_cached(&format!(
+            "{INSERT_MESSAGES}(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+        ))?;
+        for &i in &fresh {
+            let m = &msgs[i];
+            let Some((_, seq)) = next.get_mut(cids[i].as_str()) else {
+                continue;
+            };
+            insert.execute((
+                &cids[i],
+                *seq,
+                m.sender,
+                m.to_user,
+                m.to_group,
+                m.msg_type.as_str(),
+                &m.content,
+                &m.client_msg_id,
+                m.reply_to,
+                now,
+            ))?;
+            out[i] = Some(Ok(stored(
+                m,
+                cids[i].clone(),
+                tx.last_insert_rowid(),
+                *seq,
+                now,
+            )));
+            *seq += 1;
+        }
+    }
+    tx.commit()?;
+    finish(out, repeats)
 }
 
 /// A bind value of a batch statement.
@@ -121,53 +361,14 @@ struct Stmt<'a> {
     args: Vec<Arg<'a>>,
 }
 
-/// How a batch's steps reach the database (see [`store_many`]).
-enum Steps<'c> {
-    /// SQLite: each step is one multi-statement query; the first opens the
-    /// transaction, the last commits it.
-    Fused(&'c mut sqlx::AnyConnection),
-    /// PostgreSQL: statements one by one inside `tx`.
-    Tx(&'c mut WriteTx),
-}
-
-impl Steps<'_> {
-    /// Runs `stmts` (`first`: the batch's first step, `last`: its last) and returns the
-    /// rows they produced, in order.
-    async fn run(
-        &mut self,
-        stmts: &[Stmt<'_>],
-        first: bool,
-        last: bool,
-    ) -> Result<Vec<AnyRow>, sqlx::Error> {
-        match self {
-            Steps::Fused(conn) => {
-                let mut sql = String::new();
-                if first {
-                    sql.push_str("BEGIN IMMEDIATE;\n");
-                }
-                for s in stmts {
-                    sql.push_str(&s.sql);
-                    sql.push_str(";\n");
-                }
-                if last {
-                    sql.push_str("COMMIT;");
-                }
-                let q = stmts
-                    .iter()
-                    .flat_map(|s| &s.args)
-                    .fold(sqlx::query(&sql), bind);
-                q.fetch_all(&mut **conn).await
-            }
-            Steps::Tx(tx) => {
-                let mut rows = Vec::new();
-                for s in stmts {
-                    let q = s.args.iter().fold(sqlx::query(&s.sql), bind);
-                    rows.extend(q.fetch_all(&mut ***tx).await?);
-                }
-                Ok(rows)
-            }
-        }
+/// Runs `stmts` one by one in `tx` and returns the rows they produced, in order.
+async fn run(tx: &mut WriteTx, stmts: &[Stmt<'_>]) -> Result<Vec<AnyRow>, sqlx::Error> {
+    let mut rows = Vec::new();
+    for s in stmts {
+        let q = s.args.iter().fold(sqlx::query(&s.sql), bind);
+        rows.extend(q.fetch_all(&mut **tx).await?);
     }
+    Ok(rows)
 }
 
 fn bind<'q>(
@@ -181,23 +382,18 @@ fn bind<'q>(
     }
 }
 
+/// [`store_many`] through the pool (PostgreSQL, or an in-memory SQLite database): a
+/// fixed number of statements whatever the batch size, since each is a round trip to
+/// the server: one lookup of the idempotency keys, one upsert of the conversations
+/// (taking a run of seqs each), one multi-row insert (per 100 messages).
 async fn store_steps(
-    steps: &mut Steps<'_>,
+    tx: &mut WriteTx,
     backend: Backend,
     msgs: &[&NewMessage],
 ) -> Result<Vec<Result<Stored, ApiError>>, ApiError> {
     let mut out: Vec<Option<Result<Stored, ApiError>>> = (0..msgs.len()).map(|_| None).collect();
     // 1. Idempotency: keys stored earlier, and keys repeated within the batch.
-    let mut first_of: HashMap<(i64, &str), usize> = HashMap::new();
-    let mut repeats: Vec<(usize, usize)> = Vec::new();
-    for (i, m) in msgs.iter().enumerate() {
-        match first_of.entry((m.sender, m.client_msg_id.as_str())) {
-            Entry::Occupied(e) => repeats.push((i, *e.get())),
-            Entry::Vacant(e) => {
-                e.insert(i);
-            }
-        }
-    }
+    let (first_of, repeats) = first_of(msgs);
     let keys: Vec<(i64, &str)> = first_of.keys().copied().collect();
     let lookups: Vec<Stmt> = keys
         .chunks(ROWS_PER_STATEMENT)
@@ -221,7 +417,7 @@ async fn store_steps(
             }
         })
         .collect();
-    for r in steps.run(&lookups, true, false).await? {
+    for r in run(tx, &lookups).await? {
         let frame = frame_of(&r)?;
         if let Some(&i) = first_of.get(&(frame.from, frame.client_msg_id.as_str())) {
             out[i] = Some(Ok(Stored {
@@ -246,11 +442,8 @@ async fn store_steps(
                 ),
                 args: vec![Arg::Int(reply), Arg::Text(&cids[i])],
             };
-            if steps.run(&[check], false, false).await?.is_empty() {
-                out[i] = Some(Err(ApiError::invalid(
-                    "invalid_reply",
-                    "reply_to is not a message of this conversation",
-                )));
+            if run(tx, &[check]).await?.is_empty() {
+                out[i] = Some(Err(invalid_reply()));
                 continue;
             }
         }
@@ -277,19 +470,13 @@ async fn store_steps(
     for chunk in counts.chunks(ROWS_PER_STATEMENT) {
         writes.push(Stmt {
             sql: format!(
-                "INSERT INTO conversations (id, user_a, user_b, group_id, last_seq, updated_at) \
-                 VALUES {} ON CONFLICT (id) DO UPDATE SET \
-                 last_seq = conversations.last_seq + excluded.last_seq, \
-                 updated_at = excluded.updated_at",
+                "{UPSERT_CONVERSATIONS}{}{UPSERT_CONVERSATIONS_END}",
                 placeholders(backend, chunk.len(), 6, &[])
             ),
             args: chunk
                 .iter()
                 .flat_map(|(cid, conv, n)| {
-                    let (a, b, g) = match **conv {
-                        ConversationId::Direct(a, b) => (Some(a), Some(b), None),
-                        ConversationId::Group(g) => (None, None, Some(g)),
-                    };
+                    let (a, b, g) = parties(conv);
                     [
                         Arg::Text(cid),
                         Arg::OptInt(a),
@@ -307,9 +494,7 @@ async fn store_steps(
     for chunk in fresh_places.chunks(ROWS_PER_STATEMENT) {
         writes.push(Stmt {
             sql: format!(
-                "INSERT INTO messages (conversation_id, seq, sender_id, to_user, to_group, \
-                 msg_type, content, client_msg_id, reply_to, created_at) VALUES {} \
-                 RETURNING id, conversation_id, seq",
+                "{INSERT_MESSAGES}{} RETURNING id, conversation_id, seq",
                 placeholders(backend, chunk.len(), 11, &[(1, SEQ_OF_PLACE)])
             ),
             args: chunk
@@ -338,7 +523,7 @@ async fn store_steps(
     // seqs, the lowest is its first message of the batch.
     let mut ids: HashMap<(String, i64), i64> = HashMap::new();
     let mut base: HashMap<String, i64> = HashMap::new();
-    for r in steps.run(&writes, false, true).await? {
+    for r in run(tx, &writes).await? {
         let cid: String = r.try_get("conversation_id")?;
         let seq: i64 = r.try_get("seq")?;
         let b = base.entry(cid.clone()).or_insert(seq);
@@ -354,38 +539,9 @@ async fn store_steps(
         let id = ids
             .remove(&(cids[i].clone(), seq))
             .ok_or_else(|| ApiError::internal("insert returned no id"))?;
-        out[i] = Some(Ok(Stored {
-            frame: MessageFrame {
-                id,
-                conversation_id: cids[i].clone(),
-                seq,
-                from: m.sender,
-                to_user: m.to_user,
-                to_group: m.to_group,
-                msg_type: m.msg_type,
-                content: m.content.clone(),
-                client_msg_id: m.client_msg_id.clone(),
-                created_at: now,
-                reply_to: m.reply_to,
-                recalled: false,
-            },
-            duplicate: false,
-        }));
+        out[i] = Some(Ok(stored(m, cids[i].clone(), id, seq, now)));
     }
-    // 5. A key repeated in this batch answers like its first occurrence.
-    for (i, first) in repeats {
-        out[i] = Some(match &out[first] {
-            Some(Ok(s)) => Ok(Stored {
-                frame: s.frame.clone(),
-                duplicate: true,
-            }),
-            Some(Err(e)) => Err(e.clone()),
-            None => Err(ApiError::internal("no result for a repeated send")),
-        });
-    }
-    out.into_iter()
-        .map(|r| r.ok_or_else(|| ApiError::internal("message left unstored")))
-        .collect()
+    finish(out, repeats)
 }
 
 /// The seq of a new message from its conversation's `last_seq` after this batch's
@@ -565,21 +721,40 @@ pub struct CursorKey {
     pub conversation_id: String,
 }
 
-/// Raises device cursors (never lowers them), 200 per transaction.
+const UPSERT_CURSORS: &str =
+    "INSERT INTO device_cursors (user_id, client_id, conversation_id, acked_seq) VALUES ";
+const UPSERT_CURSORS_END: &str = " ON CONFLICT (user_id, client_id, conversation_id) \
+     DO UPDATE SET acked_seq = CASE WHEN excluded.acked_seq > device_cursors.acked_seq \
+     THEN excluded.acked_seq ELSE device_cursors.acked_seq END";
+
+/// Raises device cursors (never lowers them), 200 per transaction: between them the
+/// write gate lets message batches in, so a large flush does not stall sends (each row
+/// stands on its own). On SQLite a transaction is one job on the writer thread.
 ///
 /// # Errors
 /// Database errors.
-pub async fn save_cursors(db: &Db, cursors: &[(CursorKey, i64)]) -> Result<(), sqlx::Error> {
-    // One transaction per statement: between them the write gate lets message batches
-    // in, so a large flush does not stall sends (each row stands on its own). On SQLite
-    // it is one round trip on the batch writer's connection (see `store_many`).
+pub async fn save_cursors(db: &Db, cursors: &[(CursorKey, i64)]) -> Result<(), WriteError> {
     for chunk in cursors.chunks(ROWS_PER_STATEMENT * 2) {
+        let rows = chunk.to_vec();
+        let job = db.write_job(move |conn| -> Result<(), rusqlite::Error> {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            {
+                let mut upsert = tx.prepare_cached(&format!(
+                    "{UPSERT_CURSORS}(?1, ?2, ?3, ?4){UPSERT_CURSORS_END}"
+                ))?;
+                for (k, seq) in &rows {
+                    upsert.execute((k.uid, &k.client_id, &k.conversation_id, seq))?;
+                }
+            }
+            tx.commit()
+        });
+        if let Some(r) = job.await {
+            r??;
+            continue;
+        }
         let upsert = Stmt {
             sql: format!(
-                "INSERT INTO device_cursors (user_id, client_id, conversation_id, acked_seq) \
-                 VALUES {} ON CONFLICT (user_id, client_id, conversation_id) DO UPDATE SET \
-                 acked_seq = CASE WHEN excluded.acked_seq > device_cursors.acked_seq \
-                 THEN excluded.acked_seq ELSE device_cursors.acked_seq END",
+                "{UPSERT_CURSORS}{}{UPSERT_CURSORS_END}",
                 placeholders(db.backend, chunk.len(), 4, &[])
             ),
             args: chunk
@@ -594,20 +769,13 @@ pub async fn save_cursors(db: &Db, cursors: &[(CursorKey, i64)]) -> Result<(), s
                 })
                 .collect(),
         };
-        match db.batch_writer().await? {
-            Some(mut w) => {
-                Steps::Fused(w.conn()?).run(&[upsert], true, true).await?;
-                w.done();
-            }
-            None => {
-                let mut tx = db.begin_write().await?;
-                Steps::Tx(&mut tx).run(&[upsert], true, true).await?;
-                tx.commit().await?;
-            }
-        }
+        let mut tx = db.begin_write().await?;
+        run(&mut tx, &[upsert]).await?;
+        tx.commit().await?;
     }
     Ok(())
 }
+
 /// Records that a device connected (first and last seen).
 ///
 /// # Errors
