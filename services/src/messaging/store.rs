@@ -1063,8 +1063,8 @@ mod tests {
     }
 
     /// A batch that fails in the database stores nothing — not even its conversations'
-    /// seq runs — and the next batch works (on SQLite the batch writer's connection is
-    /// dropped with the failed transaction and a new one opened).
+    /// seq runs — and the next batch works (on SQLite the writer thread's transaction is
+    /// dropped uncommitted, and the thread goes on with the next job).
     #[tokio::test]
     async fn a_failed_batch_stores_nothing_and_the_next_one_continues_the_seqs() {
         let db = fresh_db("failed").await;
