@@ -265,7 +265,20 @@ async fn main() -> ExitCode {
             }
             None => None,
         };
-        for &sc in &cli.scenarios {
+        for (i, &sc) in cli.scenarios.iter().enumerate() {
+            if sc == Scenario::Storm && i > 0 {
+                // Memory per idle connection is RSS growth: measure it in a fresh
+                // process, not in a heap that the scenarios before grew and freed.
+                if let Err(e) = t.restart(&progs).await {
+                    checks.push(Check {
+                        name: format!("{}: restart", kind.name()),
+                        ok: false,
+                        detail: format!("{e:#}"),
+                    });
+                    break;
+                }
+                println!("restarted as pid {} on {} (fresh heap)", t.pid, t.mqtt);
+            }
             let t0 = Instant::now();
             let rss0 = t.rss_kib().unwrap_or(0);
             let dropped0 = client::DROPPED.load(Ordering::Relaxed);

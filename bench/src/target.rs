@@ -69,7 +69,8 @@ pub struct Target {
     pub http: Option<String>,
     /// Recent log lines (for error reports).
     pub logs: Arc<Mutex<Vec<String>>>,
-    _dir: tempfile::TempDir,
+    /// Its data directory (mqim's database lives there, kept across a restart).
+    dir: Option<tempfile::TempDir>,
 }
 
 /// Where to find the programs.
@@ -116,7 +117,7 @@ impl Target {
     /// Starts `kind`.
     pub async fn start(kind: Kind, progs: &Programs) -> Result<Target> {
         match kind {
-            Kind::Mqim => start_mqim(&progs.mqim).await,
+            Kind::Mqim => start_mqim(&progs.mqim, tempfile::tempdir()?).await,
             Kind::Rumqttd => start_rumqttd(&progs.rumqttd).await,
             Kind::Mosquitto => start_mosquitto(&progs.mosquitto).await,
         }
@@ -147,6 +148,19 @@ impl Target {
     pub fn log_tail(&self, n: usize) -> String {
         let l = self.logs.lock().unwrap_or_else(|e| e.into_inner());
         l[l.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Replaces the process with a fresh one, so memory is measured in a heap that
+    /// earlier scenarios did not grow. mqim keeps its data directory (the accounts and
+    /// tokens made at set-up; SIGKILL loses nothing committed); its ports change.
+    pub async fn restart(&mut self, progs: &Programs) -> Result<()> {
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+        *self = match (self.kind, self.dir.take()) {
+            (Kind::Mqim, Some(dir)) => start_mqim(&progs.mqim, dir).await?,
+            (kind, _) => Target::start(kind, progs).await?,
+        };
+        Ok(())
     }
 
     /// Stops the process (SIGKILL: nothing to flush that the benchmark needs).
@@ -240,14 +254,13 @@ fn addr_after_listening(line: &str) -> Option<SocketAddr> {
     line.rsplit("listening on ").next()?.trim().parse().ok()
 }
 
-async fn start_mqim(bin: &Path) -> Result<Target> {
+async fn start_mqim(bin: &Path, dir: tempfile::TempDir) -> Result<Target> {
     if !bin.is_file() {
         bail!(
             "mqim binary not found at {} (build it: cargo build --release -p mqim)",
             bin.display()
         );
     }
-    let dir = tempfile::tempdir()?;
     let mut cmd = Command::new(bin);
     cmd.arg("serve")
         .env("MQIM_HTTP_ADDR", "127.0.0.1:0")
@@ -280,7 +293,7 @@ async fn start_mqim(bin: &Path) -> Result<Target> {
         mqtt,
         http: Some(format!("http://{http}")),
         logs,
-        _dir: dir,
+        dir: Some(dir),
     })
 }
 
@@ -309,7 +322,7 @@ async fn start_rumqttd(bin: &Path) -> Result<Target> {
         mqtt,
         http: None,
         logs,
-        _dir: dir,
+        dir: Some(dir),
     })
 }
 
@@ -379,7 +392,7 @@ async fn start_mosquitto(bin: &Path) -> Result<Target> {
                     mqtt: addr,
                     http: None,
                     logs,
-                    _dir: dir,
+                    dir: Some(dir),
                 });
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
