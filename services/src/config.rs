@@ -205,6 +205,13 @@ impl Config {
                 redact_url(url)
             ));
         }
+        if url.starts_with("sqlite:") && (url.contains(":memory:") || url.contains("mode=memory")) {
+            return bad(
+                "database.url: an in-memory SQLite database is not supported (every pooled \
+                 connection and the writer thread would see a database of its own); use a file"
+                    .into(),
+            );
+        }
         if self.database.max_connections == 0 {
             return bad("database.max_connections must be at least 1".into());
         }
@@ -335,6 +342,17 @@ mod tests {
         std::fs::write(&f, "[nope]\nx = 1\n").expect("write");
         assert!(Config::load_from(Some(&f), Env::prefixed("MQIM_TEST_NOTHING_")).is_err());
         assert!(Config::load_from(Some(&dir.join("missing.toml")), Env::prefixed("X_")).is_err());
+        // In-memory SQLite: each pooled connection would see a database of its own.
+        for url in ["sqlite::memory:", "sqlite://x.db?mode=memory"] {
+            std::fs::write(&f, format!("[database]\nurl = \"{url}\"\n")).expect("write");
+            let err = Config::load_from(Some(&f), Env::prefixed("MQIM_TEST_NOTHING_"))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("in-memory SQLite"), "{url}: {err}");
+        }
+        std::fs::write(&f, "[database]\nurl = \"sqlite://x.db?mode=rwc\"\n").expect("write");
+        assert!(Config::load_from(Some(&f), Env::prefixed("MQIM_TEST_NOTHING_")).is_ok());
     }
 
     #[test]

@@ -51,8 +51,8 @@ pub struct Db {
     /// (FIFO, woken at once) rather than in SQLite's busy handler, which polls with
     /// sleeps of up to 100 ms and turned lock contention into latency spikes.
     write_gate: Arc<tokio::sync::Mutex<()>>,
-    /// SQLite (file databases): the thread that runs message batches and cursor
-    /// flushes (see [`Db::write_job`]).
+    /// SQLite: the thread that runs message batches and cursor flushes (see
+    /// [`Db::write_job`]).
     writer: Option<Arc<SqliteWriter>>,
 }
 
@@ -131,16 +131,15 @@ impl Db {
             source,
         };
         let opts = AnyConnectOptions::from_str(&url).map_err(err)?;
-        // The writer thread needs a file; an in-memory database (only useful for a
-        // throwaway trial) writes through the pool instead.
+        // SQLite's writer thread opens the same file (an in-memory database is refused
+        // by the configuration: each connection would see a database of its own).
         let file = match backend {
-            Backend::Sqlite => {
-                let o = sqlx::sqlite::SqliteConnectOptions::from_str(&url).map_err(err)?;
-                let f = o.get_filename().to_path_buf();
-                let name = f.to_string_lossy();
-                (!name.contains(":memory:") && !name.starts_with("file:sqlx-in-memory"))
-                    .then_some(f)
-            }
+            Backend::Sqlite => Some(
+                sqlx::sqlite::SqliteConnectOptions::from_str(&url)
+                    .map_err(err)?
+                    .get_filename()
+                    .to_path_buf(),
+            ),
             Backend::Postgres => None,
         };
         let pool = AnyPoolOptions::new()
@@ -187,10 +186,10 @@ impl Db {
         Ok(())
     }
 
-    /// SQLite (file databases): runs `f` on the writer thread, holding the write gate,
+    /// SQLite: runs `f` on the writer thread, holding the write gate,
     /// and returns its result; `f` opens and commits its own transaction (dropping a
-    /// rusqlite transaction uncommitted rolls it back). `None` on PostgreSQL and for an
-    /// in-memory SQLite database: write through [`Db::begin_write`] instead.
+    /// rusqlite transaction uncommitted rolls it back). `None` on PostgreSQL: write
+    /// through [`Db::begin_write`] instead.
     ///
     /// # Errors
     /// When the writer thread has stopped.
