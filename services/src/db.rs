@@ -36,7 +36,7 @@ pub enum Backend {
 /// wal_autocheckpoint=0: the committing writer would otherwise copy the WAL back into
 /// the database inside its commit every 1,000 pages (a stall of several ms on the
 /// message path); `Db::checkpoints` does it in the background instead.
-const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; \
+pub(crate) const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; \
                               PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON; \
                               PRAGMA wal_autocheckpoint=0;";
 

@@ -13,18 +13,17 @@
 
 use std::path::Path;
 use std::sync::mpsc;
-use std::time::Duration;
 
 use tokio::sync::oneshot;
+
+use crate::db::SQLITE_PRAGMAS;
 
 /// A job: runs on the writer thread with its connection.
 type Job = Box<dyn FnOnce(&mut rusqlite::Connection) + Send>;
 
-/// Settings of the writer's connection, as the pool's (`crate::db`; WAL mode is a
-/// property of the file, set there). temp_store: temporary data in memory, never in
-/// temporary files.
-const PRAGMAS: &str = "PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; \
-                       PRAGMA wal_autocheckpoint=0; PRAGMA temp_store=MEMORY;";
+/// Settings of the writer's connection beyond the pool's (`SQLITE_PRAGMAS`): temporary
+/// data in memory, never in temporary files.
+const WRITER_PRAGMAS: &str = "PRAGMA temp_store=MEMORY;";
 
 /// Handle to the writer thread; the thread ends when the last handle is dropped.
 #[derive(Debug)]
@@ -44,8 +43,8 @@ impl SqliteWriter {
     /// When the database cannot be opened or the thread cannot be started.
     pub fn open(path: &Path) -> Result<SqliteWriter, std::io::Error> {
         let conn = rusqlite::Connection::open(path).map_err(std::io::Error::other)?;
-        conn.busy_timeout(Duration::from_secs(10))
-            .and_then(|()| conn.execute_batch(PRAGMAS))
+        conn.execute_batch(SQLITE_PRAGMAS)
+            .and_then(|()| conn.execute_batch(WRITER_PRAGMAS))
             .map_err(std::io::Error::other)?;
         conn.set_prepared_statement_cache_capacity(32);
         let (jobs, rx) = mpsc::channel::<Job>();

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use sqlx::Row;
 
-use crate::db::{Backend, Db, WriteTx};
+use crate::db::{Db, WriteTx};
 use crate::error::ApiError;
 use crate::now_ms;
 use crate::sqlite_writer::WriterGone;
@@ -156,7 +156,7 @@ pub async fn store_many(
         return r.map_err(WriteError::from)?;
     }
     let mut tx = db.begin_write().await?;
-    let out = store_steps(&mut tx, db.backend, msgs).await?;
+    let out = store_steps(&mut tx, msgs).await?;
     tx.commit().await?;
     Ok(out)
 }
@@ -382,13 +382,11 @@ fn bind<'q>(
     }
 }
 
-/// [`store_many`] through the pool (PostgreSQL, or an in-memory SQLite database): a
-/// fixed number of statements whatever the batch size, since each is a round trip to
+/// [`store_many`] through the pool (PostgreSQL): a fixed number of statements whatever the batch size, since each is a round trip to
 /// the server: one lookup of the idempotency keys, one upsert of the conversations
 /// (taking a run of seqs each), one multi-row insert (per 100 messages).
 async fn store_steps(
     tx: &mut WriteTx,
-    backend: Backend,
     msgs: &[&NewMessage],
 ) -> Result<Vec<Result<Stored, ApiError>>, ApiError> {
     let mut out: Vec<Option<Result<Stored, ApiError>>> = (0..msgs.len()).map(|_| None).collect();
@@ -402,8 +400,8 @@ async fn store_steps(
                 .map(|i| {
                     format!(
                         "(sender_id = {} AND client_msg_id = {})",
-                        param(backend, 2 * i + 1),
-                        param(backend, 2 * i + 2)
+                        param(2 * i + 1),
+                        param(2 * i + 2)
                     )
                 })
                 .collect::<Vec<_>>()
@@ -437,8 +435,8 @@ async fn store_steps(
             let check = Stmt {
                 sql: format!(
                     "SELECT 1 AS found FROM messages WHERE id = {} AND conversation_id = {}",
-                    param(backend, 1),
-                    param(backend, 2)
+                    param(1),
+                    param(2)
                 ),
                 args: vec![Arg::Int(reply), Arg::Text(&cids[i])],
             };
@@ -471,7 +469,7 @@ async fn store_steps(
         writes.push(Stmt {
             sql: format!(
                 "{UPSERT_CONVERSATIONS}{}{UPSERT_CONVERSATIONS_END}",
-                placeholders(backend, chunk.len(), 6, &[])
+                placeholders(chunk.len(), 6, &[])
             ),
             args: chunk
                 .iter()
@@ -495,7 +493,7 @@ async fn store_steps(
         writes.push(Stmt {
             sql: format!(
                 "{INSERT_MESSAGES}{} RETURNING id, conversation_id, seq",
-                placeholders(backend, chunk.len(), 11, &[(1, SEQ_OF_PLACE)])
+                placeholders(chunk.len(), 11, &[(1, SEQ_OF_PLACE)])
             ),
             args: chunk
                 .iter()
@@ -548,18 +546,16 @@ async fn store_steps(
 /// upsert: two placeholders (the conversation, the offset `j - n + 1`).
 const SEQ_OF_PLACE: &str = "(SELECT last_seq FROM conversations WHERE id = {}) + {}";
 
-/// `($1, $2, …), ($k+1, …), …`: `rows` tuples of `cols` placeholders — numbered for
-/// PostgreSQL, plain `?` for SQLite, whose driver looks a numbered parameter's name up
-/// in a list for every bind (quadratic in the number of parameters: 5% of the 1:1
-/// benchmark's samples with 1,000-parameter statements). `exprs` replaces, in each
-/// tuple, the value at a column index with an expression template whose `{}` are
-/// placeholders (consuming that many of the `cols`).
-fn placeholders(backend: Backend, rows: usize, cols: usize, exprs: &[(usize, &str)]) -> String {
+/// `($1, $2, …), ($k+1, …), …`: `rows` tuples of `cols` PostgreSQL placeholders (only
+/// PostgreSQL writes batches through the pool; SQLite's go to its writer thread).
+/// `exprs` replaces, in each tuple, the value at a column index with an expression
+/// template whose `{}` are placeholders (consuming that many of the `cols`).
+fn placeholders(rows: usize, cols: usize, exprs: &[(usize, &str)]) -> String {
     let mut s = String::with_capacity(rows * cols * 5);
     let mut n = 0;
     let mut next = || {
         n += 1;
-        param(backend, n)
+        param(n)
     };
     for r in 0..rows {
         if r > 0 {
@@ -594,12 +590,9 @@ fn placeholders(backend: Backend, rows: usize, cols: usize, exprs: &[(usize, &st
     s
 }
 
-/// Placeholder number `n` (1-based) in the backend's syntax (see [`placeholders`]).
-fn param(backend: Backend, n: usize) -> String {
-    match backend {
-        Backend::Sqlite => "?".to_owned(),
-        Backend::Postgres => format!("${n}"),
-    }
+/// PostgreSQL placeholder number `n` (1-based).
+fn param(n: usize) -> String {
+    format!("${n}")
 }
 
 /// Messages of a conversation by seq: after `after` and/or before `before`, at most
@@ -755,7 +748,7 @@ pub async fn save_cursors(db: &Db, cursors: &[(CursorKey, i64)]) -> Result<(), W
         let upsert = Stmt {
             sql: format!(
                 "{UPSERT_CURSORS}{}{UPSERT_CURSORS_END}",
-                placeholders(db.backend, chunk.len(), 4, &[])
+                placeholders(chunk.len(), 4, &[])
             ),
             args: chunk
                 .iter()
