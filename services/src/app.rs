@@ -29,7 +29,6 @@ pub async fn serve(
     let config = Arc::new(config);
     let db = Db::connect(&config).await?;
     db.migrate().await?;
-    let _checkpoints = db.checkpoints();
     info!(database = %redact_url(&config.database_url()), backend = ?db.backend, "database ready");
 
     let graph = Arc::new(

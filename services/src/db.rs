@@ -14,7 +14,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor};
 
-use crate::sqlite_writer::{SqliteWriter, WriterGone};
+use crate::sqlite_writer::{Gate, SqliteWriter, WriterGone};
 
 use crate::config::{redact_url, Config};
 
@@ -35,10 +35,12 @@ pub enum Backend {
 /// synchronous=NORMAL is durable against a killed process (not power loss).
 /// wal_autocheckpoint=0: the committing writer would otherwise copy the WAL back into
 /// the database inside its commit every 1,000 pages (a stall of several ms on the
-/// message path); `Db::checkpoints` does it in the background instead.
+/// message path); a thread of its own does it instead ([`crate::sqlite_writer`]). journal_size_limit: after a burst grew the WAL, it is
+/// cut back to 64 MiB when it restarts.
 pub(crate) const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; \
                               PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON; \
-                              PRAGMA wal_autocheckpoint=0;";
+                              PRAGMA wal_autocheckpoint=0; \
+                              PRAGMA journal_size_limit=67108864;";
 
 /// The pool and its backend.
 #[derive(Debug, Clone)]
@@ -50,7 +52,7 @@ pub struct Db {
     /// SQLite has one writer at a time. Write transactions of this process queue here
     /// (FIFO, woken at once) rather than in SQLite's busy handler, which polls with
     /// sleeps of up to 100 ms and turned lock contention into latency spikes.
-    write_gate: Arc<tokio::sync::Mutex<()>>,
+    write_gate: Gate,
     /// SQLite: the thread that runs message batches and cursor flushes (see
     /// [`Db::write_job`]).
     writer: Option<Arc<SqliteWriter>>,
@@ -160,16 +162,18 @@ impl Db {
             .connect_with(opts)
             .await
             .map_err(err)?;
+        let write_gate: Gate = Arc::default();
         let writer = match file {
             Some(f) => Some(Arc::new(
-                SqliteWriter::open(&f).map_err(|e| DbError::Writer(redact_url(&url), e))?,
+                SqliteWriter::open(&f, write_gate.clone())
+                    .map_err(|e| DbError::Writer(redact_url(&url), e))?,
             )),
             None => None,
         };
         Ok(Db {
             pool,
             backend,
-            write_gate: Arc::default(),
+            write_gate,
             writer,
         })
     }
@@ -238,35 +242,6 @@ impl Db {
         }
     }
 
-    /// SQLite: copies the WAL back into the database file every second, off the write
-    /// path (see `wal_autocheckpoint` above). A PASSIVE checkpoint never waits for and
-    /// never blocks writers; the WAL restarts from the beginning once it has all been
-    /// copied. Nothing to do on PostgreSQL.
-    pub fn checkpoints(&self) -> Option<tokio::task::JoinHandle<()>> {
-        if self.backend != Backend::Sqlite {
-            return None;
-        }
-        let pool = self.pool.clone();
-        Some(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                if pool.is_closed() {
-                    break;
-                }
-                match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                    .execute(&pool)
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(sqlx::Error::PoolClosed) => break,
-                    Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
-                }
-            }
-        }))
-    }
-
     /// Whether the database answers.
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
@@ -302,13 +277,10 @@ pub fn like_prefix(s: &str) -> String {
 mod tests {
     use super::*;
 
-    /// With `wal_autocheckpoint=0`, only the background task moves committed pages from
-    /// the WAL into the database file: if it stopped, the file would never grow.
-    #[tokio::test]
-    async fn the_background_checkpoint_copies_the_wal_into_the_database() {
+    async fn fresh(name: &str) -> (Db, std::path::PathBuf) {
         let mut cfg = Config::load(None).expect("defaults");
         cfg.data_dir = std::env::temp_dir().join(format!(
-            "mqim-db-checkpoint-{}-{}",
+            "mqim-db-{name}-{}-{}",
             std::process::id(),
             crate::now_ms()
         ));
@@ -318,8 +290,20 @@ mod tests {
             .execute(&db.pool)
             .await
             .expect("create");
-        let file = cfg.data_dir.join("mqim.db");
-        let before = std::fs::metadata(&file).expect("db file").len();
+        (db, cfg.data_dir.join("mqim.db"))
+    }
+
+    fn size(path: &std::path::Path) -> u64 {
+        std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// With `wal_autocheckpoint=0`, only the checkpoint thread moves committed pages
+    /// from the WAL into the database file, also those written through the pool: if
+    /// it did not, the file would never grow.
+    #[tokio::test]
+    async fn pool_writes_are_checkpointed() {
+        let (db, file) = fresh("checkpoint").await;
+        let before = size(&file);
         for _ in 0..20 {
             let mut tx = db.begin_write().await.expect("begin");
             for _ in 0..50 {
@@ -331,14 +315,8 @@ mod tests {
             }
             tx.commit().await.expect("commit");
         }
-        let written = std::fs::metadata(&file).expect("db file").len();
-        assert!(
-            written < before + 100_000,
-            "no automatic checkpoint expected"
-        );
-        let task = db.checkpoints().expect("sqlite has a checkpoint task");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::fs::metadata(&file).expect("db file").len() < before + 900_000 {
+        while size(&file) < before + 900_000 {
             assert!(
                 std::time::Instant::now() < deadline,
                 "WAL never checkpointed"
@@ -346,9 +324,45 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         db.pool.close().await;
-        tokio::time::timeout(Duration::from_secs(3), task)
+    }
+
+    /// Under a steady stream of write jobs (~10 MB/s for 4 s) the WAL restarts from
+    /// its beginning again and again, so its file stays a fraction of what was written
+    /// (a single checkpoint pass racing with the commits let it grow by all of it).
+    #[tokio::test]
+    async fn the_wal_stays_small_under_a_steady_stream_of_write_jobs() {
+        let (db, file) = fresh("wal-restart").await;
+        let wal = file.with_file_name("mqim.db-wal");
+        let (mut largest, mut written) = (0, 0u64);
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(4) {
+            db.write_job(|conn| {
+                let tx = conn.transaction()?;
+                {
+                    let mut insert = tx.prepare_cached("INSERT INTO t (x) VALUES (?1)")?;
+                    for _ in 0..10 {
+                        insert.execute(["y".repeat(2000)])?;
+                    }
+                }
+                tx.commit()
+            })
             .await
-            .expect("checkpoint task ends with the pool")
-            .expect("task");
+            .expect("sqlite has a writer thread")
+            .expect("writer thread runs")
+            .expect("insert");
+            written += 20_000;
+            largest = largest.max(size(&wal));
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert!(
+            size(&file) > written / 2,
+            "the rows were copied into the database file: {} of {written} bytes",
+            size(&file)
+        );
+        assert!(
+            largest < written / 2,
+            "WAL grew to {largest} bytes of {written} written: it seldom or never restarted"
+        );
+        db.pool.close().await;
     }
 }
