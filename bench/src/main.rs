@@ -63,6 +63,10 @@ struct Cli {
     /// Connections of the storm/idle/broadcast scenario, as ACCOUNTSxDEVICES.
     #[arg(long, value_name = "AxD")]
     connections: Option<String>,
+    /// 1:1: after each rate, print (stderr) the 50 ms windows in which a message took
+    /// over 10 ms — to tell periodic stalls from scattered ones.
+    #[arg(long)]
+    timeline: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq)]
@@ -164,6 +168,7 @@ async fn main() -> ExitCode {
     if !cli.scenarios.contains(&Scenario::Drain) {
         sizes.drain_many = 0;
     }
+    sizes.timeline = cli.timeline;
     if let Some(r) = cli.rates.clone() {
         sizes.rates = r;
     }

@@ -7,6 +7,7 @@
 //! to. Every message carries its send time; receivers count each message once in a
 //! bitset per stream, so losses and duplicates are exact.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -69,6 +70,8 @@ pub struct Sizes {
     pub settle_limit: Duration,
     /// Hard time limit of one scenario on one system.
     pub limit: Duration,
+    /// 1:1: print the windows of each rate that had a slow message (`--timeline`).
+    pub timeline: bool,
 }
 
 impl Sizes {
@@ -95,6 +98,7 @@ impl Sizes {
             drain_each: 1_000,
             settle_limit: Duration::from_secs(30),
             limit: Duration::from_secs(300),
+            timeline: false,
         }
     }
 
@@ -121,6 +125,7 @@ impl Sizes {
             drain_each: 40,
             settle_limit: Duration::from_secs(10),
             limit: Duration::from_secs(40),
+            timeline: false,
         }
     }
 }
@@ -284,6 +289,8 @@ struct Phase {
     recv: AtomicU64,
     dups: AtomicU64,
     hist: Mutex<Histogram<u64>>,
+    /// By 50 ms window of send time: (messages, slowest µs, messages over 10 ms).
+    timeline: Mutex<BTreeMap<u64, (u64, u64, u64)>>,
 }
 
 impl Phase {
@@ -297,6 +304,7 @@ impl Phase {
             hist: Mutex::new(
                 Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds"),
             ),
+            timeline: Mutex::default(),
         }
     }
 
@@ -307,6 +315,15 @@ impl Phase {
         if lock(seen).insert(n) {
             let lat = now_us().saturating_sub(t).max(1);
             lock(&self.hist).saturating_record(lat);
+            {
+                let mut tl = lock(&self.timeline);
+                let e = tl.entry(t / WINDOW_US).or_default();
+                e.0 += 1;
+                e.1 = e.1.max(lat);
+                if lat > SLOW_US {
+                    e.2 += 1;
+                }
+            }
             self.recv.fetch_add(1, Ordering::Relaxed);
             self.window[flow].add_permits(1);
         } else {
@@ -316,6 +333,31 @@ impl Phase {
 
     fn ms(&self, q: f64) -> f64 {
         lock(&self.hist).value_at_quantile(q) as f64 / 1000.0
+    }
+}
+
+/// `--timeline`: the width of a window, and the latency that makes a message slow.
+const WINDOW_US: u64 = 50_000;
+const SLOW_US: u64 = 10_000;
+
+/// `--timeline`: the windows of one rate that had a slow message, on stderr. Spikes at
+/// a fixed period point at periodic work in the server (that is how the WAL
+/// checkpoint's stalls were found).
+fn print_timeline(rate: u64, tl: &BTreeMap<u64, (u64, u64, u64)>) {
+    let first = tl.keys().next().copied().unwrap_or(0);
+    eprintln!(
+        "timeline at {rate} msg/s: {} ms windows (by send time) with a message over {} ms",
+        WINDOW_US / 1000,
+        SLOW_US / 1000
+    );
+    for (k, (n, slowest, slow)) in tl {
+        if *slow > 0 {
+            eprintln!(
+                "  t={:>6} ms  sent {n:>5}  over {slow:>5}  slowest {:>7.1} ms",
+                (k - first) * WINDOW_US / 1000,
+                *slowest as f64 / 1000.0
+            );
+        }
     }
 }
 
@@ -451,6 +493,9 @@ pub async fn one_to_one(
             ));
         }
         let p99 = p.ms(0.99);
+        if s.timeline {
+            print_timeline(rate, &lock(&p.timeline));
+        }
         let goal = if rate == 5_000 {
             Goal::AtMost(10.0)
         } else {
