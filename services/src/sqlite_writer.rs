@@ -12,17 +12,16 @@
 //! gate (see [`crate::db::Db`]).
 //!
 //! A second thread checkpoints the WAL (copies committed pages back into the database
-//! file; `wal_autocheckpoint` is off, so nothing else does), every 250 ms while writes
-//! come in, in two passes. SQLite restarts the WAL from its beginning only when a write
-//! transaction begins while every frame is already copied back. A single pass beside a
-//! writer committing every ~0.5 ms almost never ends that way: under steady traffic the
+//! file; `wal_autocheckpoint` is off, so nothing else does) every 250 ms, in passes.
+//! SQLite restarts the WAL from its beginning only when a write transaction begins
+//! while every frame is already copied back. A single pass beside a writer committing every ~0.5 ms almost never ends that way: under steady traffic the
 //! WAL grew without end (800 MB after a minute of the 1:1 benchmark) and each
 //! checkpoint, every lookup in the WAL index, and the latency tail grew with it. A
 //! checkpoint on the writer thread itself would restart it, but holds up the next batch
-//! for the whole copy and its two `fsync`s (7–12 ms at 5,000 msg/s). So the first pass
-//! copies the bulk while writes go on, and the second, holding the write gate, copies
-//! only what came in meanwhile (a millisecond or so); the next write then restarts the
-//! WAL.
+//! for the whole copy and its two `fsync`s (7–12 ms at 5,000 msg/s). So the first
+//! passes copy the bulk while writes go on, and the last, holding the write gate, copies
+//! only what came in meanwhile (about a millisecond at 5,000 msg/s); the next write then
+//! restarts the WAL.
 
 use std::path::Path;
 use std::sync::mpsc::{self, RecvTimeoutError};
