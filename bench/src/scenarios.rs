@@ -346,9 +346,14 @@ const SLOW_US: u64 = 10_000;
 fn print_timeline(rate: u64, tl: &BTreeMap<u64, (u64, u64, u64)>) {
     let first = tl.keys().next().copied().unwrap_or(0);
     eprintln!(
-        "timeline at {rate} msg/s: {} ms windows (by send time) with a message over {} ms",
+        "timeline at {rate} msg/s: {} ms windows (by send time) with a message over {} ms; t=0 is {} ms since the Unix epoch",
         WINDOW_US / 1000,
-        SLOW_US / 1000
+        SLOW_US / 1000,
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+            .saturating_sub(now_us().saturating_sub(first * WINDOW_US) / 1000)
     );
     for (k, (n, slowest, slow)) in tl {
         if *slow > 0 {
