@@ -289,12 +289,12 @@ struct Phase {
     recv: AtomicU64,
     dups: AtomicU64,
     hist: Mutex<Histogram<u64>>,
-    /// By 50 ms window of send time: (messages, slowest µs, messages over 10 ms).
-    timeline: Mutex<BTreeMap<u64, (u64, u64, u64)>>,
+    /// With `--timeline` only; off, the receive path does no more than before.
+    timeline: Option<Mutex<Timeline>>,
 }
 
 impl Phase {
-    fn new(n: usize, window: usize) -> Phase {
+    fn new(n: usize, window: usize, timeline: bool) -> Phase {
         Phase {
             flows: (0..n).map(|_| Mutex::default()).collect(),
             window: (0..n).map(|_| Semaphore::new(window)).collect(),
@@ -304,7 +304,7 @@ impl Phase {
             hist: Mutex::new(
                 Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds"),
             ),
-            timeline: Mutex::default(),
+            timeline: timeline.then(Mutex::default),
         }
     }
 
@@ -315,8 +315,8 @@ impl Phase {
         if lock(seen).insert(n) {
             let lat = now_us().saturating_sub(t).max(1);
             lock(&self.hist).saturating_record(lat);
-            {
-                let mut tl = lock(&self.timeline);
+            if let Some(tl) = &self.timeline {
+                let mut tl = lock(tl);
                 let e = tl.entry(t / WINDOW_US).or_default();
                 e.0 += 1;
                 e.1 = e.1.max(lat);
@@ -336,6 +336,9 @@ impl Phase {
     }
 }
 
+/// `--timeline`: by 50 ms window of send time, (messages, slowest µs, messages over 10 ms).
+type Timeline = BTreeMap<u64, (u64, u64, u64)>;
+
 /// `--timeline`: the width of a window, and the latency that makes a message slow.
 const WINDOW_US: u64 = 50_000;
 const SLOW_US: u64 = 10_000;
@@ -343,7 +346,7 @@ const SLOW_US: u64 = 10_000;
 /// `--timeline`: the windows of one rate that had a slow message, on stderr. Spikes at
 /// a fixed period point at periodic work in the server (that is how the WAL
 /// checkpoint's stalls were found).
-fn print_timeline(rate: u64, tl: &BTreeMap<u64, (u64, u64, u64)>) {
+fn print_timeline(rate: u64, tl: &Timeline) {
     let first = tl.keys().next().copied().unwrap_or(0);
     eprintln!(
         "timeline at {rate} msg/s: {} ms windows (by send time) with a message over {} ms; t=0 is {} ms since the Unix epoch",
@@ -381,7 +384,7 @@ pub async fn one_to_one(
     let mqim = t.kind == Kind::Mqim;
     let phases: Arc<Vec<Phase>> = Arc::new(
         (0..=s.rates.len())
-            .map(|_| Phase::new(n, s.window))
+            .map(|_| Phase::new(n, s.window, s.timeline))
             .collect(),
     );
     let replies = Arc::new(Replies::default());
@@ -498,8 +501,8 @@ pub async fn one_to_one(
             ));
         }
         let p99 = p.ms(0.99);
-        if s.timeline {
-            print_timeline(rate, &lock(&p.timeline));
+        if let Some(tl) = &p.timeline {
+            print_timeline(rate, &lock(tl));
         }
         let goal = if rate == 5_000 {
             Goal::AtMost(10.0)

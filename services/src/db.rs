@@ -35,8 +35,9 @@ pub enum Backend {
 /// synchronous=NORMAL is durable against a killed process (not power loss).
 /// wal_autocheckpoint=0: the committing writer would otherwise copy the WAL back into
 /// the database inside its commit every 1,000 pages (a stall of several ms on the
-/// message path); a thread of its own does it instead ([`crate::sqlite_writer`]). journal_size_limit: after a burst grew the WAL, it is
-/// cut back to 64 MiB when it restarts.
+/// message path); a thread of its own does it instead ([`crate::sqlite_writer`]).
+/// journal_size_limit: after a burst grew the WAL, it is cut back to 64 MiB when it
+/// restarts.
 pub(crate) const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; \
                               PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON; \
                               PRAGMA wal_autocheckpoint=0; \
@@ -51,10 +52,11 @@ pub struct Db {
     pub backend: Backend,
     /// SQLite has one writer at a time. Write transactions of this process queue here
     /// (FIFO, woken at once) rather than in SQLite's busy handler, which polls with
-    /// sleeps of up to 100 ms and turned lock contention into latency spikes.
+    /// sleeps of up to 100 ms and turned lock contention into latency spikes. The WAL
+    /// checkpoint's last pass holds it too, so that the next write restarts the WAL.
     write_gate: Gate,
     /// SQLite: the thread that runs message batches and cursor flushes (see
-    /// [`Db::write_job`]).
+    /// [`Db::write_job`]), and with it the WAL checkpoint thread.
     writer: Option<Arc<SqliteWriter>>,
 }
 
