@@ -58,15 +58,25 @@ pub struct DataLog {
     pub native: Slab<Data<PublishData>>,
     /// Map of subscription filter name to filter index
     filter_indexes: HashMap<Filter, FilterIdx>,
+    /// mqim patch: the filters with a wildcard (`+`, `#`). A filter without one matches
+    /// only the identical topic, found in `filter_indexes` by a hash lookup, so topic
+    /// matching scans only these instead of every filter.
+    wildcard_filters: Vec<(Filter, FilterIdx)>,
     retained_publishes: HashMap<Topic, PublishData>,
     /// List of filters associated with a topic
     publish_filters: HashMap<Topic, Vec<FilterIdx>>,
+}
+
+/// mqim patch: whether a filter (or a topic, which must not have one) has a wildcard.
+fn has_wildcard(s: &str) -> bool {
+    s.contains(['+', '#'])
 }
 
 impl DataLog {
     pub fn new(config: RouterConfig) -> io::Result<DataLog> {
         let mut native = Slab::new();
         let mut filter_indexes = HashMap::new();
+        let mut wildcard_filters = Vec::new();
         let retained_publishes = HashMap::new();
         let publish_filters = HashMap::new();
 
@@ -77,6 +87,9 @@ impl DataLog {
                 // Add commitlog to datalog and add datalog index to filter to
                 // datalog index map
                 let idx = native.insert(data);
+                if has_wildcard(&filter) {
+                    wildcard_filters.push((filter.clone(), idx));
+                }
                 filter_indexes.insert(filter, idx);
             }
         }
@@ -86,6 +99,7 @@ impl DataLog {
             native,
             publish_filters,
             filter_indexes,
+            wildcard_filters,
             retained_publishes,
         })
     }
@@ -128,12 +142,32 @@ impl DataLog {
         match &self.publish_filters.get(topic) {
             Some(v) => Some(v.to_vec()),
             None => {
-                let v: Vec<usize> = self
-                    .filter_indexes
-                    .iter()
-                    .filter(|(filter, _)| matches(topic, filter))
-                    .map(|(_, filter_idx)| *filter_idx)
-                    .collect();
+                // mqim patch: the filter equal to the topic (a hash lookup) and the
+                // wildcard filters, instead of every filter. A topic with a wildcard
+                // character (not a valid topic name) is matched against every filter,
+                // as before.
+                let v: Vec<usize> = if has_wildcard(topic) {
+                    self.filter_indexes
+                        .iter()
+                        .filter(|(filter, _)| matches(topic, filter))
+                        .map(|(_, filter_idx)| *filter_idx)
+                        .collect()
+                } else {
+                    let exact = self
+                        .filter_indexes
+                        .get(topic)
+                        .filter(|_| matches(topic, topic))
+                        .copied();
+                    exact
+                        .into_iter()
+                        .chain(
+                            self.wildcard_filters
+                                .iter()
+                                .filter(|(filter, _)| matches(topic, filter))
+                                .map(|(_, filter_idx)| *filter_idx),
+                        )
+                        .collect()
+                };
 
                 if !v.is_empty() {
                     self.publish_filters.insert(topic.to_owned(), v.clone());
@@ -159,8 +193,17 @@ impl DataLog {
                 self.filter_indexes.insert(filter.to_owned(), idx);
 
                 // Match new filter to existing topics and add to publish_filters if it matches
-                for (topic, filters) in publish_filters.iter_mut() {
-                    if matches(topic, filter) {
+                // (mqim patch: a filter without a wildcard can only match the identical
+                // topic, so only a wildcard filter scans every known topic).
+                if has_wildcard(filter) {
+                    self.wildcard_filters.push((filter.to_owned(), idx));
+                    for (topic, filters) in publish_filters.iter_mut() {
+                        if matches(topic, filter) {
+                            filters.push(idx);
+                        }
+                    }
+                } else if let Some(filters) = publish_filters.get_mut(filter) {
+                    if matches(filter, filter) {
                         filters.push(idx);
                     }
                 }
@@ -305,6 +348,37 @@ impl DataLog {
             .filter(|(topic, _)| matches(topic, filter))
             .map(|(_, p)| (p.publish.clone(), p.properties.clone()))
             .collect()
+    }
+
+    /// mqim patch: `read_retained_messages` for any filter, in O(1) for a filter without
+    /// a wildcard: that filter can only match the retained message of the identical
+    /// topic, so the expiry check and the match look at that one entry instead of every
+    /// retained message the broker holds (which made each SUBSCRIBE cost O(retained
+    /// topics) on the router thread).
+    pub fn read_retained(&mut self, filter: &str) -> Vec<PubWithProp> {
+        if has_wildcard(filter) {
+            return self.read_retained_messages(filter);
+        }
+        let now = Instant::now();
+        let Some(pubdata) = self.retained_publishes.get_mut(filter) else {
+            return Vec::new();
+        };
+        if let Some(interval) = pubdata
+            .properties
+            .as_mut()
+            .and_then(|p| p.message_expiry_interval.as_mut())
+        {
+            let time_spent = (now - pubdata.timestamp).as_secs() as u32;
+            if time_spent >= *interval {
+                self.retained_publishes.remove(filter);
+                return Vec::new();
+            }
+            *interval -= time_spent;
+        }
+        if !matches(filter, filter) {
+            return Vec::new();
+        }
+        vec![(pubdata.publish.clone(), pubdata.properties.clone())]
     }
 }
 
