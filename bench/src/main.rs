@@ -67,6 +67,12 @@ struct Cli {
     /// over 10 ms — to tell periodic stalls from scattered ones.
     #[arg(long)]
     timeline: bool,
+    /// 1:1: keep this many more devices online beside the pairs, idle, each
+    /// subscribed to its inbox (mqim: devices of the storm accounts) — the router's
+    /// cost per message should not grow with them.
+    /// (Default 0; 20 in smoke mode, so that CI runs this path.)
+    #[arg(long, value_name = "N")]
+    idle_devices: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq)]
@@ -169,6 +175,9 @@ async fn main() -> ExitCode {
         sizes.drain_many = 0;
     }
     sizes.timeline = cli.timeline;
+    if let Some(k) = cli.idle_devices {
+        sizes.idle_devices = k;
+    }
     if let Some(r) = cli.rates.clone() {
         sizes.rates = r;
     }

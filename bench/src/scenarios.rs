@@ -72,6 +72,10 @@ pub struct Sizes {
     pub limit: Duration,
     /// 1:1: print the windows of each rate that had a slow message (`--timeline`).
     pub timeline: bool,
+    /// 1:1: devices kept online and subscribed to their inbox, idle, beside the pairs
+    /// (`--idle-devices`): what a server's router carries for the devices that are
+    /// connected but not talking, which is most of them.
+    pub idle_devices: usize,
 }
 
 impl Sizes {
@@ -99,6 +103,7 @@ impl Sizes {
             settle_limit: Duration::from_secs(30),
             limit: Duration::from_secs(300),
             timeline: false,
+            idle_devices: 0,
         }
     }
 
@@ -126,6 +131,7 @@ impl Sizes {
             settle_limit: Duration::from_secs(10),
             limit: Duration::from_secs(40),
             timeline: false,
+            idle_devices: 20,
         }
     }
 }
@@ -254,6 +260,55 @@ async fn subscribe_many(conns: &mut [Conn], filter: &str, conc: usize) -> Result
     Ok(())
 }
 
+/// Connects `k` devices that stay idle, each subscribed to its own inbox: for mqim
+/// devices `i{j}` of the storm accounts (round robin), for a plain broker clients
+/// subscribed to `bench/i/{j}`. Nothing is sent to them.
+async fn idle_devices(t: &Target, pop: Option<&Population>, k: usize) -> Result<Vec<Conn>> {
+    if k == 0 {
+        return Ok(Vec::new());
+    }
+    let mut filters = Vec::with_capacity(k);
+    let opts: Vec<(Opts, Handler)> = (0..k)
+        .map(|j| {
+            let (o, filter) = match pop {
+                Some(p) => {
+                    let u = &p.accounts[j % p.accounts.len()];
+                    (
+                        Opts::new(t.mqtt, u.device(&format!("i{j}")), u.creds()),
+                        u.inbox(),
+                    )
+                }
+                None => (
+                    Opts::new(t.mqtt, format!("i{j}"), None),
+                    format!("bench/i/{j}"),
+                ),
+            };
+            filters.push(filter);
+            let mut o = o;
+            o.keep_alive = Duration::from_secs(60);
+            o.cap = 4;
+            (o, crate::client::ignore())
+        })
+        .collect();
+    let (conns, failed, first) = connect_many(opts, 500).await;
+    if failed > 0 {
+        bail!(
+            "{failed} of {k} idle devices failed to connect: {}",
+            first.unwrap_or_default()
+        );
+    }
+    let mut conns: Vec<Conn> = conns.into_iter().flatten().collect();
+    let results: Vec<Result<()>> = stream::iter(conns.iter_mut().zip(&filters))
+        .map(|(c, f)| async move { c.subscribe(std::slice::from_ref(f), CONNECT_WAIT).await })
+        .buffer_unordered(500)
+        .collect()
+        .await;
+    if let Some(e) = results.into_iter().find_map(|r| r.err()) {
+        bail!("subscribing idle devices failed: {e:#}");
+    }
+    Ok(conns)
+}
+
 /// Errors reported by mqim in error frames, and acks seen.
 #[derive(Default)]
 struct Replies {
@@ -377,11 +432,20 @@ pub async fn one_to_one(
     s: &Sizes,
     out: &mut Vec<crate::report::Metric>,
 ) -> Result<Outcome> {
-    let title = format!("1:1 end-to-end — {} pairs, {SIZE} B, QoS 1", s.pairs);
+    let idle_note = match s.idle_devices {
+        0 => String::new(),
+        k => format!(", {k} idle devices online"),
+    };
+    let title = format!(
+        "1:1 end-to-end — {} pairs, {SIZE} B, QoS 1{idle_note}",
+        s.pairs
+    );
     let mut sink = Sink::new(&title, out);
     let mut res = Outcome::default();
     let n = s.pairs.max(2);
     let mqim = t.kind == Kind::Mqim;
+    // Kept until the scenario ends.
+    let _idle = idle_devices(t, pop, s.idle_devices).await?;
     let phases: Arc<Vec<Phase>> = Arc::new(
         (0..=s.rates.len())
             .map(|_| Phase::new(n, s.window, s.timeline))
