@@ -382,10 +382,12 @@ async fn start_tcp(
 
 fn start_publisher(linker: &Linker) -> Result<Publisher, BrokerError> {
     let (mut link_tx, link_rx) = linker("mqim-service").map_err(BrokerError::Link)?;
-    // rumqttd caches topic→filter matches only for topics that have a subscriber and
-    // scans every filter for the others. Every client publish is rewritten to the sink
-    // topic, so the service link subscribes to it (and never reads it: the router just
-    // appends to that topic's bounded log) to keep those publishes on the cached path.
+    // Published rumqttd caches topic→filter matches only for topics that have a
+    // subscriber and scans every filter for the others. Every client publish is
+    // rewritten to the sink topic, so the service link subscribes to it (and never reads
+    // it: the router just appends to that topic's bounded log) to keep those publishes on
+    // the cached path. The vendored topic-index patch (vendor/README.md) makes the scan
+    // a hash lookup anyway; the subscription stays for an upgrade without that patch.
     link_tx
         .subscribe(crate::guard::SINK_TOPIC)
         .map_err(|e| BrokerError::Link(e.to_string()))?;

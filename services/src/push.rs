@@ -11,10 +11,12 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-/// Inbox formats (per user) that have had a subscriber since start-up. rumqttd matches
-/// a publish to a topic nobody subscribed against every filter (it caches only
-/// matches), so inbox frames go only to formats someone has used; a device that
-/// subscribes later gets what it missed from its backlog.
+/// Inbox formats (per user) that have had a subscriber since start-up. Published
+/// rumqttd matches a publish to a topic nobody subscribed against every filter (it
+/// caches only matches; the vendored topic-index patch makes that a hash lookup), and
+/// a publish nobody receives is wasted work either way, so inbox frames go only to
+/// formats someone has used; a device that subscribes later gets what it missed from
+/// its backlog.
 ///
 /// Filled by the broker hook when the SUBACK is written (before the client can see it),
 /// so a frame sent after a client's subscription is confirmed is never skipped.
