@@ -36,6 +36,61 @@ const CURSOR_FLUSH: Duration = Duration::from_secs(1);
 /// How long a backlog waits for a silent device before checking it is still there.
 const ACK_WAIT: Duration = Duration::from_secs(10);
 
+/// Payloads whose (conversation, seq) are remembered by [`Peeks`]: enough for the
+/// messages of a burst being acknowledged at once (each device acknowledges its
+/// messages in order, so a burst of 50 cycles through 50 payloads per device).
+const PEEK_SLOTS: usize = 64;
+
+/// Larger payloads are parsed every time, so the cache pins at most
+/// `PEEK_SLOTS × PEEK_MAX_BYTES` (1 MiB) of message buffers.
+const PEEK_MAX_BYTES: usize = 16 * 1024;
+
+/// The (conversation, seq) of recently acknowledged payloads. One message goes to many
+/// devices as one shared buffer (a group of 10,000 online devices: 10,000 PUBACKs for
+/// the same `Bytes`), so parsing it once instead of once per PUBACK saves most of the
+/// cursor bookkeeping's cost (the JSON parse was ~10 % of the server's CPU in the
+/// broadcast benchmark). Each slot keeps its buffer alive, so while it is cached no other
+/// buffer can have the same address: same address and length means the same payload.
+#[derive(Default)]
+struct Peeks {
+    slots: Vec<(bytes::Bytes, Option<(String, i64)>)>,
+    next: usize,
+}
+
+impl Peeks {
+    /// The remembered peek of `payload`, if it is one of the cached buffers.
+    fn find(&self, payload: &bytes::Bytes) -> Option<Option<(String, i64)>> {
+        let same = |b: &bytes::Bytes| b.as_ptr() == payload.as_ptr() && b.len() == payload.len();
+        self.slots
+            .iter()
+            .find(|(b, _)| same(b))
+            .map(|(_, peek)| peek.clone())
+    }
+
+    fn insert(&mut self, payload: bytes::Bytes, peek: Option<(String, i64)>) {
+        if self.slots.len() < PEEK_SLOTS {
+            self.slots.push((payload, peek));
+        } else {
+            self.slots[self.next] = (payload, peek);
+            self.next = (self.next + 1) % PEEK_SLOTS;
+        }
+    }
+}
+
+/// (conversation, seq) of a message payload, parsed at most once while cached. The parse
+/// runs outside the lock, so PUBACKs of different payloads on two workers never wait
+/// for each other's parse.
+fn peek_cached(peeks: &Mutex<Peeks>, fmt: Format, payload: &bytes::Bytes) -> Option<(String, i64)> {
+    if let Some(peek) = peeks.lock().find(payload) {
+        return peek;
+    }
+    let peek = peek_message(fmt, payload);
+    if payload.len() <= PEEK_MAX_BYTES {
+        peeks.lock().insert(payload.clone(), peek.clone());
+    }
+    peek
+}
+
 #[derive(Default)]
 struct Track {
     acked: AtomicU64,
@@ -51,6 +106,7 @@ pub struct Delivery {
     /// within those milliseconds is not sent them again.
     unsaved: Arc<Mutex<HashMap<CursorKey, i64>>>,
     tracks: Mutex<HashMap<u64, Arc<Track>>>,
+    peeks: Mutex<Peeks>,
 }
 
 pub use crate::push::format_of;
@@ -66,11 +122,12 @@ impl Delivery {
             cfg,
             unsaved,
             tracks: Mutex::new(HashMap::new()),
+            peeks: Mutex::new(Peeks::default()),
         })
     }
 
     /// The device acknowledged a publish; if it was a message, its cursor advances.
-    pub fn delivered(&self, conn: &Connection, topic: &[u8], payload: &[u8]) {
+    pub fn delivered(&self, conn: &Connection, topic: &[u8], payload: &bytes::Bytes) {
         let fmt = if topic.ends_with(b"/pb") {
             Format::Pb
         } else {
@@ -80,7 +137,10 @@ impl Delivery {
             t.acked.fetch_add(1, Ordering::Relaxed);
             t.notify.notify_one();
         }
-        let (Some(uid), Some((cid, seq))) = (conn.user_id(), peek_message(fmt, payload)) else {
+        let Some(uid) = conn.user_id() else {
+            return;
+        };
+        let Some((cid, seq)) = peek_cached(&self.peeks, fmt, payload) else {
             return;
         };
         self.advance(uid, &conn.client_id, cid, seq);
@@ -296,5 +356,66 @@ async fn save_unsaved(db: &Db, unsaved: &Mutex<HashMap<CursorKey, i64>>) {
             }
         }
         Err(e) => tracing::warn!(error = %e, n = batch.len(), "saving device cursors failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn frame(seq: i64) -> Bytes {
+        Bytes::from(format!(
+            r#"{{"type":"message","conversation_id":"g:{seq}","seq":{seq},"content":"x"}}"#
+        ))
+    }
+
+    fn expect(seq: i64) -> Option<(String, i64)> {
+        Some((format!("g:{seq}"), seq))
+    }
+
+    #[test]
+    fn peeks_answer_for_the_payload_asked_about() {
+        let p = Mutex::new(Peeks::default());
+        // More payloads than slots, in rounds (every lookup a miss after the first
+        // round's evictions) and hot ones repeated (hits).
+        let frames: Vec<Bytes> = (1..=2 * PEEK_SLOTS as i64).map(frame).collect();
+        for _ in 0..3 {
+            for (i, f) in frames.iter().enumerate() {
+                assert_eq!(peek_cached(&p, Format::Json, f), expect(i as i64 + 1));
+            }
+        }
+        for _ in 0..20 {
+            for (i, f) in frames.iter().enumerate().take(3) {
+                assert_eq!(peek_cached(&p, Format::Json, f), expect(i as i64 + 1));
+            }
+        }
+        // Same content and length in another buffer, and the same length with other
+        // content: each answered for itself.
+        let copy = frame(2);
+        assert_eq!(peek_cached(&p, Format::Json, &copy), expect(2));
+        let (a, b) = (frame(5), frame(6));
+        assert_eq!(a.len(), b.len());
+        assert_eq!(peek_cached(&p, Format::Json, &a), expect(5));
+        assert_eq!(peek_cached(&p, Format::Json, &b), expect(6));
+        // Same address, other length (a prefix of a cached buffer): not a hit.
+        let cached = frame(7);
+        assert_eq!(peek_cached(&p, Format::Json, &cached), expect(7));
+        let prefix = cached.slice(..cached.len() - 1);
+        assert_eq!(peek_cached(&p, Format::Json, &prefix), None);
+        assert_eq!(peek_cached(&p, Format::Json, &cached), expect(7));
+        // A large payload is answered but not kept.
+        let big = Bytes::from(format!(
+            r#"{{"type":"message","conversation_id":"g:9","seq":9,"content":"{}"}}"#,
+            "y".repeat(PEEK_MAX_BYTES)
+        ));
+        let kept: Vec<*const u8> = p.lock().slots.iter().map(|(b, _)| b.as_ptr()).collect();
+        assert_eq!(peek_cached(&p, Format::Json, &big), expect(9));
+        assert!(p.lock().slots.iter().all(|(b, _)| b.as_ptr() != big.as_ptr()));
+        assert_eq!(p.lock().slots.len(), kept.len());
+        // Not a message frame.
+        let ack = Bytes::from_static(br#"{"type":"ack","conversation_id":"g:1","seq":1}"#);
+        assert_eq!(peek_cached(&p, Format::Json, &ack), None);
+        assert_eq!(peek_cached(&p, Format::Json, &ack), None);
     }
 }
