@@ -243,6 +243,17 @@ async fn connect_many(
     (conns, failed, first)
 }
 
+/// Connects all of `opts` (`conc` at a time); any failure fails the scenario, named
+/// `what` (e.g. "connections failed") with the count and the first error.
+async fn connect_all(opts: Vec<(Opts, Handler)>, conc: usize, what: &str) -> Result<Vec<Conn>> {
+    let n = opts.len();
+    let (conns, failed, first) = connect_many(opts, conc).await;
+    if failed > 0 {
+        bail!("{failed} of {n} {what}: {}", first.unwrap_or_default());
+    }
+    Ok(conns.into_iter().flatten().collect())
+}
+
 async fn subscribe_many(conns: &mut [Conn], filter: &str, conc: usize) -> Result<()> {
     let filters = vec![filter.to_owned()];
     let results: Vec<Result<()>> = stream::iter(conns.iter_mut())
@@ -290,14 +301,7 @@ async fn idle_devices(t: &Target, pop: Option<&Population>, k: usize) -> Result<
             (o, crate::client::ignore())
         })
         .collect();
-    let (conns, failed, first) = connect_many(opts, 500).await;
-    if failed > 0 {
-        bail!(
-            "{failed} of {k} idle devices failed to connect: {}",
-            first.unwrap_or_default()
-        );
-    }
-    let mut conns: Vec<Conn> = conns.into_iter().flatten().collect();
+    let mut conns = connect_all(opts, 500, "idle devices failed to connect").await?;
     let results: Vec<Result<()>> = stream::iter(conns.iter_mut().zip(&filters))
         .map(|(c, f)| async move { c.subscribe(std::slice::from_ref(f), CONNECT_WAIT).await })
         .buffer_unordered(500)
@@ -496,14 +500,7 @@ pub async fn one_to_one(
         opts.push((o, h));
         dests.push((topic, to));
     }
-    let (conns, failed, first) = connect_many(opts, 200).await;
-    if failed > 0 {
-        bail!(
-            "{failed} of {n} connections failed: {}",
-            first.unwrap_or_default()
-        );
-    }
-    let mut conns: Vec<Conn> = conns.into_iter().flatten().collect();
+    let mut conns = connect_all(opts, 200, "connections failed").await?;
     for (i, c) in conns.iter_mut().enumerate() {
         let filter = match pop {
             Some(p) => p.ring[i].inbox(),
@@ -864,14 +861,7 @@ pub async fn fan_out(
             (o, fan.handler(i, mqim))
         })
         .collect();
-    let (conns, failed, first) = connect_many(opts, 200).await;
-    if failed > 0 {
-        bail!(
-            "{failed} of {m} connections failed: {}",
-            first.unwrap_or_default()
-        );
-    }
-    let mut conns: Vec<Conn> = conns.into_iter().flatten().collect();
+    let mut conns = connect_all(opts, 200, "connections failed").await?;
     subscribe_many(&mut conns, &filter, 200).await?;
     let replies = Arc::new(Replies::default());
     let (sender, outbox) = fan_sender(t, pop.map(|p| &p.ring[0]), &replies).await?;

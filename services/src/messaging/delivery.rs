@@ -411,7 +411,11 @@ mod tests {
         ));
         let kept: Vec<*const u8> = p.lock().slots.iter().map(|(b, _)| b.as_ptr()).collect();
         assert_eq!(peek_cached(&p, Format::Json, &big), expect(9));
-        assert!(p.lock().slots.iter().all(|(b, _)| b.as_ptr() != big.as_ptr()));
+        assert!(p
+            .lock()
+            .slots
+            .iter()
+            .all(|(b, _)| b.as_ptr() != big.as_ptr()));
         assert_eq!(p.lock().slots.len(), kept.len());
         // Not a message frame.
         let ack = Bytes::from_static(br#"{"type":"ack","conversation_id":"g:1","seq":1}"#);
