@@ -255,18 +255,30 @@ async fn connect_all(opts: Vec<(Opts, Handler)>, conc: usize, what: &str) -> Res
 }
 
 async fn subscribe_many(conns: &mut [Conn], filter: &str, conc: usize) -> Result<()> {
-    let filters = vec![filter.to_owned()];
-    let results: Vec<Result<()>> = stream::iter(conns.iter_mut())
-        .map(|c| {
-            let f = filters.clone();
-            async move { c.subscribe(&f, CONNECT_WAIT).await }
+    subscribe_each(conns, |_| filter.to_owned(), conc).await
+}
+
+/// Subscribes connection `i` to `filter_of(i)`, `conc` at a time; any refusal fails.
+async fn subscribe_each(
+    conns: &mut [Conn],
+    filter_of: impl Fn(usize) -> String,
+    conc: usize,
+) -> Result<()> {
+    let results: Vec<(String, Result<()>)> = stream::iter(conns.iter_mut().enumerate())
+        .map(|(i, c)| {
+            let f = [filter_of(i)];
+            async move {
+                let r = c.subscribe(&f, CONNECT_WAIT).await;
+                let [f] = f;
+                (f, r)
+            }
         })
         .buffer_unordered(conc)
         .collect()
         .await;
-    let failed: Vec<_> = results.into_iter().filter_map(|r| r.err()).collect();
-    if let Some(e) = failed.first() {
-        bail!("{} subscriptions to {filter} failed: {e:#}", failed.len());
+    let failed: Vec<_> = results.into_iter().filter(|(_, r)| r.is_err()).collect();
+    if let Some((f, Err(e))) = failed.first() {
+        bail!("{} subscriptions failed, e.g. to {f}: {e:#}", failed.len());
     }
     Ok(())
 }
@@ -278,38 +290,24 @@ async fn idle_devices(t: &Target, pop: Option<&Population>, k: usize) -> Result<
     if k == 0 {
         return Ok(Vec::new());
     }
-    let mut filters = Vec::with_capacity(k);
+    let account = |j: usize| pop.map(|p| &p.accounts[j % p.accounts.len()]);
     let opts: Vec<(Opts, Handler)> = (0..k)
         .map(|j| {
-            let (o, filter) = match pop {
-                Some(p) => {
-                    let u = &p.accounts[j % p.accounts.len()];
-                    (
-                        Opts::new(t.mqtt, u.device(&format!("i{j}")), u.creds()),
-                        u.inbox(),
-                    )
-                }
-                None => (
-                    Opts::new(t.mqtt, format!("i{j}"), None),
-                    format!("bench/i/{j}"),
-                ),
+            let mut o = match account(j) {
+                Some(u) => Opts::new(t.mqtt, u.device(&format!("i{j}")), u.creds()),
+                None => Opts::new(t.mqtt, format!("i{j}"), None),
             };
-            filters.push(filter);
-            let mut o = o;
             o.keep_alive = Duration::from_secs(60);
             o.cap = 4;
             (o, crate::client::ignore())
         })
         .collect();
     let mut conns = connect_all(opts, 500, "idle devices failed to connect").await?;
-    let results: Vec<Result<()>> = stream::iter(conns.iter_mut().zip(&filters))
-        .map(|(c, f)| async move { c.subscribe(std::slice::from_ref(f), CONNECT_WAIT).await })
-        .buffer_unordered(500)
-        .collect()
-        .await;
-    if let Some(e) = results.into_iter().find_map(|r| r.err()) {
-        bail!("subscribing idle devices failed: {e:#}");
-    }
+    let filter_of = |j| match account(j) {
+        Some(u) => u.inbox(),
+        None => format!("bench/i/{j}"),
+    };
+    subscribe_each(&mut conns, filter_of, 500).await?;
     Ok(conns)
 }
 

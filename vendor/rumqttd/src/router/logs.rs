@@ -203,9 +203,8 @@ impl DataLog {
                         }
                     }
                 } else if let Some(filters) = publish_filters.get_mut(filter) {
-                    if matches(filter, filter) {
-                        filters.push(idx);
-                    }
+                    // Cached topics all matched something, so none starts with `$`.
+                    filters.push(idx);
                 }
 
                 (idx, self.native.get(idx).unwrap())
