@@ -670,13 +670,26 @@ pub async fn one_to_one(
 // ---------------------------------------------------------------------------------
 // Fan-out
 
+/// Span of [`Fan::arrivals`]: a burst's deliveries later than this count in its last
+/// millisecond.
+const ARRIVAL_MS: usize = 60_000;
+
 /// Deliveries of group messages to `m` subscribers.
 struct Fan {
     m: usize,
     seen: Vec<Mutex<Seen>>,
     count: Vec<AtomicU64>,
     last: Vec<AtomicU64>,
+    /// First delivery of each message to any member (µs): when the server began its
+    /// fan-out.
+    first: Vec<AtomicU64>,
     dups: AtomicU64,
+    /// Burst deliveries per millisecond since `burst_t0` (the spread of a burst: a few
+    /// stragglers can set its time to the last delivery).
+    arrivals: Vec<AtomicU64>,
+    /// Start of the burst (µs), 0 before it; messages below `burst_from` are not counted.
+    burst_t0: AtomicU64,
+    burst_from: AtomicU64,
 }
 
 impl Fan {
@@ -686,7 +699,11 @@ impl Fan {
             seen: (0..m).map(|_| Mutex::default()).collect(),
             count: (0..msgs).map(|_| AtomicU64::new(0)).collect(),
             last: (0..msgs).map(|_| AtomicU64::new(0)).collect(),
+            first: (0..msgs).map(|_| AtomicU64::new(u64::MAX)).collect(),
             dups: AtomicU64::new(0),
+            arrivals: (0..ARRIVAL_MS).map(|_| AtomicU64::new(0)).collect(),
+            burst_t0: AtomicU64::new(0),
+            burst_from: AtomicU64::new(u64::MAX),
         })
     }
 
@@ -700,14 +717,41 @@ impl Fan {
                         return;
                     }
                     if lock(&fan.seen[sub]).insert(idx as u64) {
-                        fan.last[idx].fetch_max(now_us(), Ordering::Relaxed);
+                        let now = now_us();
+                        fan.last[idx].fetch_max(now, Ordering::Relaxed);
+                        fan.first[idx].fetch_min(now, Ordering::Relaxed);
                         fan.count[idx].fetch_add(1, Ordering::Relaxed);
+                        if idx as u64 >= fan.burst_from.load(Ordering::Relaxed) {
+                            let ms =
+                                now.saturating_sub(fan.burst_t0.load(Ordering::Relaxed)) / 1000;
+                            let ms = (ms as usize).min(ARRIVAL_MS - 1);
+                            fan.arrivals[ms].fetch_add(1, Ordering::Relaxed);
+                        }
                     } else {
                         fan.dups.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
         })
+    }
+
+    /// Milliseconds from the burst's start until `q` of its deliveries had arrived.
+    fn burst_quantile_ms(&self, q: f64) -> f64 {
+        let counts: Vec<u64> = self
+            .arrivals
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        let want = (total as f64 * q).ceil() as u64;
+        let mut seen = 0;
+        for (ms, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= want && total > 0 {
+                return (ms + 1) as f64;
+            }
+        }
+        f64::NAN
     }
 
     fn complete(&self, idx: usize) -> bool {
@@ -750,6 +794,8 @@ async fn run_fan(
         }
     }
     let t0 = now_us();
+    fan.burst_t0.store(t0, Ordering::Relaxed);
+    fan.burst_from.store(rounds as u64, Ordering::Relaxed);
     for idx in rounds..rounds + burst {
         fan_publish(sender, topic, to, idx).await?;
     }
@@ -795,6 +841,19 @@ async fn run_fan(
         "ms",
         secs * 1000.0,
     );
+    let first_of_last = fan.first[rounds + burst - 1].load(Ordering::Relaxed);
+    sink.info(
+        format!("burst of {burst}: time to the first delivery of its last message"),
+        "ms",
+        first_of_last.saturating_sub(t0) as f64 / 1000.0,
+    );
+    for (q, name) in [(0.5, "half"), (0.99, "99 %")] {
+        sink.info(
+            format!("burst of {burst}: time to {name} of its deliveries"),
+            "ms",
+            fan.burst_quantile_ms(q),
+        );
+    }
     Ok(())
 }
 
@@ -995,6 +1054,7 @@ pub async fn storm_idle_broadcast(
     );
     let mut sink = Sink::new(&title, out);
     let cpu_b = t.cpu_secs().unwrap_or(0.0);
+    let me_b = cpu_secs_of(std::process::id()).unwrap_or(0.0);
     let tb = now_us();
     // A fan of fewer subscribers than planned (failed connects) never completes.
     let mut fan_res = Outcome::default();
@@ -1016,6 +1076,11 @@ pub async fn storm_idle_broadcast(
             "server CPU during the broadcast",
             "cores",
             (t.cpu_secs().unwrap_or(0.0) - cpu_b) / secs,
+        );
+        sink.info(
+            "load generator CPU during the broadcast",
+            "cores",
+            (cpu_secs_of(std::process::id()).unwrap_or(0.0) - me_b) / secs,
         );
     }
     res.lost += fan_res.lost;
