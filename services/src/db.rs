@@ -299,6 +299,22 @@ mod tests {
         std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
     }
 
+    /// The message writer's connection has its large page cache (64 MiB, not SQLite's
+    /// 2 MiB): with thousands of hot index pages the small one re-read most pages from
+    /// the file (sqlite_writer.rs, `WRITER_PRAGMAS`).
+    #[tokio::test]
+    async fn the_writer_connection_has_a_large_page_cache() {
+        let (db, _file) = fresh("cache").await;
+        let size = db
+            .write_job(|c| c.query_row("PRAGMA cache_size", [], |r| r.get::<_, i64>(0)))
+            .await
+            .expect("SQLite has a writer thread")
+            .expect("writer running")
+            .expect("pragma");
+        assert_eq!(size, -65536, "cache_size of the writer connection");
+        db.pool.close().await;
+    }
+
     /// With `wal_autocheckpoint=0`, only the checkpoint thread moves committed pages
     /// from the WAL into the database file, also those written through the pool: if
     /// it did not, the file would never grow.

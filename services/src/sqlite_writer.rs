@@ -36,8 +36,13 @@ use crate::db::SQLITE_PRAGMAS;
 type Job = Box<dyn FnOnce(&mut rusqlite::Connection) + Send>;
 
 /// Settings of the writer's connection beyond the pool's (`SQLITE_PRAGMAS`): temporary
-/// data in memory, never in temporary files.
-const WRITER_PRAGMAS: &str = "PRAGMA temp_store=MEMORY;";
+/// data in memory, never in temporary files, and a page cache of up to 64 MiB instead of
+/// SQLite's 2 MiB. Every message updates a leaf of each index (conversation and seq,
+/// sender and client id) and its conversation's row; with a thousand conversations
+/// active that is thousands of hot pages, so with 2 MiB most statements re-read a page
+/// from the file (`pread`: half of them gone with the larger cache at 1:1 saturation,
+/// BENCHMARKS.md fix 18). The cache grows only as pages are used.
+const WRITER_PRAGMAS: &str = "PRAGMA temp_store=MEMORY; PRAGMA cache_size=-65536;";
 
 /// How often the WAL is checkpointed. Longer copies fewer pages in all (a page written
 /// many times in between is copied once) but makes the WAL, and the part the second
