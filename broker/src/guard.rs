@@ -83,6 +83,10 @@ enum Inflight {
     Written { topic: Bytes, payload: Bytes },
     /// Dropped by the delivery check: the guard acknowledges it itself.
     Dropped,
+    /// The copy of a message this connection sent ([`Connection::expect_own_copy`]): not
+    /// written; acknowledged by the guard and reported as delivered once everything
+    /// written before it has been acknowledged, as if the client had acknowledged it.
+    Own { topic: Bytes, payload: Bytes },
 }
 
 #[derive(Default)]
@@ -269,15 +273,22 @@ impl Guard {
                 }
             }
         }
-        Self::ack_dropped(state);
+        Self::ack_dropped(&self.shared, self.live.as_ref(), state);
     }
 
-    /// Acknowledges, on the client's behalf, dropped publishes now at the head of the
-    /// inflight queue.
-    fn ack_dropped(state: &mut State) {
-        while let Some((pkid, Inflight::Dropped)) = state.inflight.front() {
+    /// Acknowledges, on the client's behalf, publishes the guard did not write that are
+    /// now at the head of the inflight queue; own copies count as delivered.
+    fn ack_dropped(shared: &Shared, live: Option<&Live>, state: &mut State) {
+        while let Some((pkid, entry)) = state.inflight.front() {
             let pkid = *pkid;
-            state.inflight.pop_front();
+            if matches!(entry, Inflight::Written { .. }) {
+                break;
+            }
+            if let Some((_, Inflight::Own { topic, payload })) = state.inflight.pop_front() {
+                if let Some(live) = live {
+                    shared.hooks.delivered(&live.conn, &topic, &payload);
+                }
+            }
             state.pending.push_back(Packet::PubAck(
                 PubAck {
                     pkid,
@@ -328,15 +339,20 @@ impl Guard {
             },
             None => false,
         };
+        // The sending device already has its own message (and gets its ack).
+        let own = allowed && self.conn().is_some_and(|c| c.take_own_copy(&payload));
+        let allowed = allowed && !own;
         let mut state = self.state.lock();
         if qos > 0 {
-            let entry = if allowed {
+            let entry = if own {
+                Inflight::Own { topic, payload }
+            } else if allowed {
                 Inflight::Written { topic, payload }
             } else {
                 Inflight::Dropped
             };
             state.inflight.push_back((pkid, entry));
-            Self::ack_dropped(&mut state);
+            Self::ack_dropped(&self.shared, self.live.as_ref(), &mut state);
         }
         if allowed {
             Ok(n)
@@ -508,10 +524,29 @@ mod tests {
         }
     }
 
+    /// Records the payloads reported delivered.
+    #[derive(Default)]
+    struct Recording(parking_lot::Mutex<Vec<Bytes>>);
+    impl Hooks for Recording {
+        fn authenticate(&self, _: &str, _: &str) -> BoxFuture<Option<Principal>> {
+            Box::pin(async { None })
+        }
+        fn graph(&self) -> &dyn AccessGraph {
+            &Graph
+        }
+        fn delivered(&self, _: &Arc<crate::Connection>, _: &Bytes, payload: &Bytes) {
+            self.0.lock().push(payload.clone());
+        }
+    }
+
     /// A guard for a connection of user 1 ("alice"), as after a successful CONNECT.
     fn bound_guard() -> Guard {
+        bound_guard_with(Arc::new(TestHooks))
+    }
+
+    fn bound_guard_with(hooks: Arc<dyn Hooks>) -> Guard {
         let shared = Arc::new(Shared {
-            hooks: Arc::new(TestHooks),
+            hooks,
             registry: Arc::new(Registry::default()),
             closer: std::sync::OnceLock::new(),
         });
@@ -619,6 +654,48 @@ mod tests {
         assert!(g.read_mut(&mut inbuf, 1 << 20).is_err());
         let mut inbuf = BytesMut::from(&[0x40u8, 2, 0, 3][..]);
         assert!(matches!(g.read_mut(&mut inbuf, 1 << 20), Ok(Packet::PubAck(a, _)) if a.pkid == 3));
+    }
+
+    /// The copy of a message the connection sent itself is not written to it, is
+    /// acknowledged to the router in order, and counts as delivered only once what was
+    /// written before it has been acknowledged (so the device's cursor never passes a
+    /// message it may not have).
+    #[test]
+    fn own_copies_are_not_written_and_count_as_delivered_in_order() {
+        let rec = Arc::new(Recording::default());
+        let g = bound_guard_with(rec.clone());
+        let conn = g.conn().expect("bound").clone();
+        let p1 = qos1("im/u/1/in/json", 1);
+        let p2 = qos1("im/u/1/in/json", 2);
+        let (b1, b2) = (p1.payload.clone(), p2.payload.clone());
+        // Same bytes in another buffer: someone else's copy, written.
+        let other = qos1("im/u/1/in/json", 3);
+        conn.expect_own_copy(b2.clone());
+        let mut out = BytesMut::new();
+        assert!(g.write(Packet::Publish(p1, None), &mut out).expect("1") > 0);
+        let before = out.len();
+        assert_eq!(g.write(Packet::Publish(p2, None), &mut out).expect("2"), 0);
+        assert_eq!(out.len(), before, "an own copy must not reach its sender");
+        assert!(g.write(Packet::Publish(other, None), &mut out).expect("3") > 0);
+        assert!(rec.0.lock().is_empty(), "nothing acknowledged yet");
+        let mut g = g;
+        // The client acks 1: the guard returns 1, then its own ack for 2.
+        let mut inbuf = BytesMut::from(&[0x40u8, 2, 0, 1][..]);
+        let acks: Vec<u16> = (0..2)
+            .map(|_| match g.read_mut(&mut inbuf, 1 << 20).expect("ack") {
+                Packet::PubAck(a, _) => a.pkid,
+                p => panic!("unexpected {p:?}"),
+            })
+            .collect();
+        assert_eq!(acks, [1, 2]);
+        let seen: Vec<*const u8> = rec.0.lock().iter().map(|b| b.as_ptr()).collect();
+        assert_eq!(seen, [b1.as_ptr(), b2.as_ptr()]);
+        // Asked once: the same buffer again is written.
+        let p4 = qos1("im/u/1/in/json", 4);
+        let b4 = p4.payload.clone();
+        conn.expect_own_copy(b4.clone());
+        assert!(conn.take_own_copy(&b4));
+        assert!(g.write(Packet::Publish(p4, None), &mut out).expect("4") > 0);
     }
 
     /// Client publishes never reach the router on their own topic.

@@ -5,7 +5,7 @@
 //! every connection is registered here when its CONNECT is read and bound to its
 //! [`Principal`] once the token has been checked.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -44,7 +44,21 @@ pub struct Connection {
     pub peer: Option<std::net::SocketAddr>,
     online: AtomicBool,
     closing: AtomicBool,
+    /// Payloads on their way to this connection's own user that are copies of messages
+    /// this connection sent (see [`Connection::expect_own_copy`]).
+    own_copies: Mutex<VecDeque<bytes::Bytes>>,
+    /// Whether `own_copies` may be non-empty: every publish written to every connection
+    /// asks, and almost always the answer is no, without taking the lock.
+    has_own_copies: AtomicBool,
 }
+
+/// Own copies remembered per connection; an older one is forgotten (and then simply
+/// delivered) when more are waiting.
+const OWN_COPIES_MAX: usize = 32;
+
+/// Larger payloads are not remembered (so the list pins at most 32 × 16 KiB); their copy
+/// is delivered.
+const OWN_COPY_MAX_BYTES: usize = 16 * 1024;
 
 impl Connection {
     /// The authenticated identity, once the token was accepted.
@@ -78,6 +92,47 @@ impl Connection {
     /// Whether the server asked for this connection to be closed.
     pub fn is_closing(&self) -> bool {
         self.closing.load(Ordering::Acquire)
+    }
+
+    /// `payload` is about to be published to this connection's user (inbox or group
+    /// topic) as the copy of a message this connection itself sent: the guard writes it
+    /// to the user's other devices but not to this one, which has the message already
+    /// and gets its `ack`. Its cursor still advances, once everything written to it
+    /// before the copy is acknowledged. Call before publishing; the payload is matched
+    /// by buffer (address and length), so it must be the very `Bytes` published.
+    pub fn expect_own_copy(&self, payload: bytes::Bytes) {
+        if payload.len() > OWN_COPY_MAX_BYTES {
+            return;
+        }
+        let mut own = self.own_copies.lock();
+        if own.len() >= OWN_COPIES_MAX {
+            own.pop_front();
+        }
+        own.push_back(payload);
+        self.has_own_copies.store(true, Ordering::Release);
+    }
+
+    /// Whether `payload` is one of this connection's own copies (forgotten once asked).
+    /// An entry keeps its buffer alive, so no other buffer can have its address.
+    pub(crate) fn take_own_copy(&self, payload: &bytes::Bytes) -> bool {
+        // Set before the service publishes the copy, so a copy is never missed.
+        if !self.has_own_copies.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut own = self.own_copies.lock();
+        let found = own
+            .iter()
+            .position(|b| b.as_ptr() == payload.as_ptr() && b.len() == payload.len());
+        match found {
+            Some(i) => {
+                own.remove(i);
+                if own.is_empty() {
+                    self.has_own_copies.store(false, Ordering::Release);
+                }
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -135,6 +190,8 @@ impl Registry {
             peer,
             online: AtomicBool::new(false),
             closing: AtomicBool::new(false),
+            own_copies: Mutex::new(VecDeque::new()),
+            has_own_copies: AtomicBool::new(false),
         });
         let mut ix = self.inner.lock();
         ix.conns.insert(id, conn.clone());

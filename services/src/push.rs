@@ -85,8 +85,13 @@ impl Push {
     }
 
     /// Adds `frame` for all devices of each user in `uids` to `batch`, encoding it at
-    /// most once per format.
-    pub fn to_users_in(&self, batch: &mut Batch, uids: &[i64], frame: &ServerFrame) {
+    /// most once per format; returns the encoded payloads (one per format used).
+    pub fn to_users_in(
+        &self,
+        batch: &mut Batch,
+        uids: &[i64],
+        frame: &ServerFrame,
+    ) -> Vec<bytes::Bytes> {
         let mut encoded: [Option<bytes::Bytes>; 2] = [None, None];
         for &uid in uids {
             for f in self.inbox_formats.of(uid) {
@@ -97,6 +102,7 @@ impl Push {
                 batch.publish(format!("im/u/{uid}/in/{}", f.leaf()), payload, false);
             }
         }
+        encoded.into_iter().flatten().collect()
     }
 
     /// Hands `batch` to the broker (in order, in one go).
@@ -111,12 +117,22 @@ impl Push {
         self.publisher.send(b);
     }
 
-    /// Adds `frame` for the members of group `gid` to `batch`.
-    pub fn to_group_in(&self, batch: &mut Batch, gid: i64, frame: &ServerFrame) {
-        for f in Fmt::ALL {
-            let topic = format!("im/g/{gid}/in/{}", f.leaf());
-            batch.publish(topic, encode_server(format_of(f), frame), false);
-        }
+    /// Adds `frame` for the members of group `gid` to `batch`; returns the payloads.
+    pub fn to_group_in(
+        &self,
+        batch: &mut Batch,
+        gid: i64,
+        frame: &ServerFrame,
+    ) -> Vec<bytes::Bytes> {
+        Fmt::ALL
+            .into_iter()
+            .map(|f| {
+                let topic = format!("im/g/{gid}/in/{}", f.leaf());
+                let payload: bytes::Bytes = encode_server(format_of(f), frame).into();
+                batch.publish(topic, payload.clone(), false);
+                payload
+            })
+            .collect()
     }
 
     /// Sends an `event` frame (SPEC §4) to each user in `uids`.

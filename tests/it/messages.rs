@@ -672,3 +672,71 @@ async fn a_clean_restart_resends_nothing_the_device_acknowledged() {
     let (_, f) = cb.recv_frame_where(is_msg).await;
     assert!(matches!(f, ServerFrame::Message(ref m) if m.client_msg_id == "after"));
 }
+
+/// The device a message is sent from gets its ack but no copy of its own message; the
+/// sender's other devices and the recipient get the message. The sending device counts
+/// as having it: neither a reconnect nor a clean restart sends it that message again.
+#[tokio::test]
+async fn the_sending_device_gets_its_ack_not_a_copy() {
+    let mut s = start_server().await;
+    let a = s.register("alice").await;
+    let b = s.register("bob").await;
+    s.befriend(&a, &b).await;
+    let mut phone = inbox_client(&s, &a, "phone", "json").await;
+    let mut laptop = inbox_client(&s, &a, "laptop", "pb").await;
+    let mut cb = inbox_client(&s, &b, "web", "json").await;
+    for i in 1..=3 {
+        phone
+            .send_frame(a.id, Format::Json, &text(&format!("m-{i}"), b.id, "hi"))
+            .await;
+        let (_, ack) = phone.recv_frame_where(|_| true).await;
+        assert!(
+            is_ack(&ack),
+            "the sending device gets the ack first: {ack:?}"
+        );
+    }
+    for c in [&mut laptop, &mut cb] {
+        for seq in 1..=3 {
+            let (_, f) = c.recv_frame_where(is_msg).await;
+            assert!(matches!(f, ServerFrame::Message(ref m) if m.seq == seq && m.from == a.id));
+        }
+    }
+    phone.expect_nothing(Duration::from_millis(500)).await;
+    // Reconnecting, the phone is not sent its own messages: they count as received
+    // once everything before them was acknowledged (here: the acks; the pong below
+    // comes after those PUBACKs on the same connection).
+    phone
+        .send_frame(a.id, Format::Json, &ClientFrame::Ping {})
+        .await;
+    phone
+        .recv_frame_where(|f| matches!(f, ServerFrame::Pong {}))
+        .await;
+    phone.disconnect().await;
+    let mut phone = inbox_client(&s, &a, "phone", "json").await;
+    if let Some(r) = phone.recv_within(Duration::from_millis(1500)).await {
+        panic!(
+            "re-sent on reconnect: {}",
+            String::from_utf8_lossy(&r.payload)
+        );
+    }
+    // The peer's reply reaches the phone as usual.
+    cb.send_frame(b.id, Format::Json, &text("r-1", a.id, "yo"))
+        .await;
+    let (_, f) = phone.recv_frame_where(is_msg).await;
+    assert!(matches!(f, ServerFrame::Message(ref m) if m.seq == 4 && m.from == b.id));
+    phone
+        .send_frame(a.id, Format::Json, &ClientFrame::Ping {})
+        .await;
+    phone
+        .recv_frame_where(|f| matches!(f, ServerFrame::Pong {}))
+        .await;
+    phone.disconnect().await;
+    s.restart().await;
+    let mut phone = inbox_client(&s, &a, "phone", "json").await;
+    if let Some(r) = phone.recv_within(Duration::from_millis(1500)).await {
+        panic!(
+            "re-sent after a clean restart: {}",
+            String::from_utf8_lossy(&r.payload)
+        );
+    }
+}

@@ -234,7 +234,7 @@ async fn send(
     let msg = st.messaging.authorize(me.user_id, &req).await?;
     let stored = st
         .messaging
-        .submit(msg, true)
+        .submit(msg, true, None)
         .await?
         .ok_or_else(|| ApiError::internal("no result from the message writer"))?;
     let f = stored.frame;

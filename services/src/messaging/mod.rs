@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use mqim_broker::Batch;
+use mqim_broker::{Batch, Connection};
 use mqim_proto::{ConversationId, MsgType, ServerFrame};
 use parking_lot::Mutex;
 use sqlx::Row;
@@ -53,6 +53,9 @@ pub struct SendRequest {
 struct Job {
     msg: NewMessage,
     reply: Option<oneshot::Sender<ApiResult<Stored>>>,
+    /// The connection the message was sent on (MQTT sends), which gets the ack but not
+    /// a copy of its own message.
+    origin: Option<Arc<Connection>>,
 }
 
 /// Token bucket per user.
@@ -245,7 +248,12 @@ impl Messaging {
     ///
     /// # Errors
     /// Storage errors, when waiting.
-    pub async fn submit(&self, msg: NewMessage, wait: bool) -> ApiResult<Option<Stored>> {
+    pub async fn submit(
+        &self,
+        msg: NewMessage,
+        wait: bool,
+        origin: Option<Arc<Connection>>,
+    ) -> ApiResult<Option<Stored>> {
         let (tx, rx) = if wait {
             let (t, r) = oneshot::channel();
             (Some(t), Some(r))
@@ -253,7 +261,11 @@ impl Messaging {
             (None, None)
         };
         self.jobs
-            .send(Job { msg, reply: tx })
+            .send(Job {
+                msg,
+                reply: tx,
+                origin,
+            })
             .await
             .map_err(|_| ApiError::internal("message writer stopped"))?;
         match rx {
@@ -305,19 +317,21 @@ impl Messaging {
 /// The group-commit writer: one transaction per batch of waiting sends.
 async fn writer(db: Db, push: Push, mut rx: mpsc::Receiver<Job>, batch_max: usize) {
     let (deliveries, mut committed) =
-        mpsc::unbounded_channel::<Vec<(NewMessage, ApiResult<Stored>)>>();
+        mpsc::unbounded_channel::<Vec<(NewMessage, Option<Arc<Connection>>, ApiResult<Stored>)>>();
     tokio::spawn(async move {
         while let Some(done) = committed.recv().await {
             // One hand-over to the broker per committed batch, in commit order.
             let mut out = Batch::default();
-            for (msg, res) in done {
+            for (msg, origin, res) in done {
                 match res {
-                    Ok(stored) => deliver(&push, &mut out, &msg, &stored),
-                    Err(e) => push.to_users_in(
-                        &mut out,
-                        &[msg.sender],
-                        &ServerFrame::error(Some(msg.client_msg_id), e.code, e.message),
-                    ),
+                    Ok(stored) => deliver(&push, &mut out, &msg, origin.as_deref(), &stored),
+                    Err(e) => {
+                        push.to_users_in(
+                            &mut out,
+                            &[msg.sender],
+                            &ServerFrame::error(Some(msg.client_msg_id), e.code, e.message),
+                        );
+                    }
                 }
             }
             push.send(out);
@@ -358,7 +372,7 @@ async fn writer(db: Db, push: Push, mut rx: mpsc::Receiver<Job>, batch_max: usiz
             if let Some(reply) = job.reply {
                 let _ = reply.send(res.clone());
             }
-            done.push((job.msg, res));
+            done.push((job.msg, job.origin, res));
         }
         // Encoding and publishing the acks and messages runs beside the next batch's
         // transaction; one task keeps them in commit order.
@@ -373,8 +387,9 @@ async fn store_batch(db: &Db, batch: &[Job]) -> Result<Vec<ApiResult<Stored>>, A
     store::store_many(db, &msgs).await
 }
 /// After commit: the ack to the sender's devices; the message to the recipients and to
-/// the sender's other devices. A repeated send gets the original ack only.
-fn deliver(push: &Push, out: &mut Batch, m: &NewMessage, s: &Stored) {
+/// the sender's other devices (not to the device it was sent from, `origin`: its guard
+/// skips that copy). A repeated send gets the original ack only.
+fn deliver(push: &Push, out: &mut Batch, m: &NewMessage, origin: Option<&Connection>, s: &Stored) {
     let f = &s.frame;
     let ack = ServerFrame::Ack {
         client_msg_id: f.client_msg_id.clone(),
@@ -388,10 +403,16 @@ fn deliver(push: &Push, out: &mut Batch, m: &NewMessage, s: &Stored) {
         return;
     }
     let frame = ServerFrame::Message(f.clone());
-    match (m.to_user, m.to_group) {
+    let payloads = match (m.to_user, m.to_group) {
         (Some(to), _) => push.to_users_in(out, &[to, m.sender], &frame),
         (_, Some(g)) => push.to_group_in(out, g, &frame),
-        _ => {}
+        _ => Vec::new(),
+    };
+    // The sending device has the message (and its ack); its guard skips the copy.
+    if let Some(origin) = origin {
+        for p in payloads {
+            origin.expect_own_copy(p);
+        }
     }
 }
 

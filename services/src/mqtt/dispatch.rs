@@ -103,7 +103,7 @@ fn conversation(cid: &str) -> ApiResult<ConversationId> {
 
 async fn handle(
     state: &AppState,
-    conn: &Connection,
+    conn: &Arc<Connection>,
     uid: i64,
     frame: ClientFrame,
 ) -> ApiResult<()> {
@@ -127,7 +127,7 @@ async fn handle(
                 reply_to,
             };
             let msg = m.authorize(uid, &req).await?;
-            m.submit(msg, false).await?;
+            m.submit(msg, false, Some(conn.clone())).await?;
         }
         ClientFrame::Receipt {
             conversation_id,
