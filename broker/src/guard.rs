@@ -574,6 +574,18 @@ mod tests {
         g
     }
 
+    /// The client acknowledges `pkid`; the first `n` PUBACKs the guard hands the router.
+    fn client_acks(g: &mut Guard, pkid: u16, n: usize) -> Vec<u16> {
+        let [hi, lo] = pkid.to_be_bytes();
+        let mut inbuf = BytesMut::from(&[0x40u8, 2, hi, lo][..]);
+        (0..n)
+            .map(|_| match g.read_mut(&mut inbuf, 1 << 20).expect("ack") {
+                Packet::PubAck(a, _) => a.pkid,
+                p => panic!("unexpected {p:?}"),
+            })
+            .collect()
+    }
+
     /// A QoS 1 publish as the router hands it to a connection.
     fn qos1(topic: &str, pkid: u16) -> Publish {
         let mut b = BytesMut::new();
@@ -642,18 +654,10 @@ mod tests {
         g.write(Packet::Publish(qos1("im/g/10/in/json", 3), None), &mut out)
             .expect("3");
         // The client acks 1: the guard returns 1, then its own ack for 2.
-        let mut inbuf = BytesMut::from(&[0x40u8, 2, 0, 1][..]);
-        let acks: Vec<u16> = (0..2)
-            .map(|_| match g.read_mut(&mut inbuf, 1 << 20).expect("ack") {
-                Packet::PubAck(a, _) => a.pkid,
-                p => panic!("unexpected {p:?}"),
-            })
-            .collect();
-        assert_eq!(acks, [1, 2]);
+        assert_eq!(client_acks(&mut g, 1, 2), [1, 2]);
         // Nothing more until the client acks 3.
-        assert!(g.read_mut(&mut inbuf, 1 << 20).is_err());
-        let mut inbuf = BytesMut::from(&[0x40u8, 2, 0, 3][..]);
-        assert!(matches!(g.read_mut(&mut inbuf, 1 << 20), Ok(Packet::PubAck(a, _)) if a.pkid == 3));
+        assert!(g.read_mut(&mut BytesMut::new(), 1 << 20).is_err());
+        assert_eq!(client_acks(&mut g, 3, 1), [3]);
     }
 
     /// The copy of a message the connection sent itself is not written to it, is
@@ -680,14 +684,7 @@ mod tests {
         assert!(rec.0.lock().is_empty(), "nothing acknowledged yet");
         let mut g = g;
         // The client acks 1: the guard returns 1, then its own ack for 2.
-        let mut inbuf = BytesMut::from(&[0x40u8, 2, 0, 1][..]);
-        let acks: Vec<u16> = (0..2)
-            .map(|_| match g.read_mut(&mut inbuf, 1 << 20).expect("ack") {
-                Packet::PubAck(a, _) => a.pkid,
-                p => panic!("unexpected {p:?}"),
-            })
-            .collect();
-        assert_eq!(acks, [1, 2]);
+        assert_eq!(client_acks(&mut g, 1, 2), [1, 2]);
         let seen: Vec<*const u8> = rec.0.lock().iter().map(|b| b.as_ptr()).collect();
         assert_eq!(seen, [b1.as_ptr(), b2.as_ptr()]);
         // Asked once: the same buffer again is written.

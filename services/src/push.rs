@@ -85,13 +85,13 @@ impl Push {
     }
 
     /// Adds `frame` for all devices of each user in `uids` to `batch`, encoding it at
-    /// most once per format; returns the encoded payloads (one per format used).
+    /// most once per format; returns the encoded payloads (by format, those used).
     pub fn to_users_in(
         &self,
         batch: &mut Batch,
         uids: &[i64],
         frame: &ServerFrame,
-    ) -> Vec<bytes::Bytes> {
+    ) -> [Option<bytes::Bytes>; 2] {
         let mut encoded: [Option<bytes::Bytes>; 2] = [None, None];
         for &uid in uids {
             for f in self.inbox_formats.of(uid) {
@@ -102,7 +102,7 @@ impl Push {
                 batch.publish(format!("im/u/{uid}/in/{}", f.leaf()), payload, false);
             }
         }
-        encoded.into_iter().flatten().collect()
+        encoded
     }
 
     /// Hands `batch` to the broker (in order, in one go).
@@ -123,16 +123,16 @@ impl Push {
         batch: &mut Batch,
         gid: i64,
         frame: &ServerFrame,
-    ) -> Vec<bytes::Bytes> {
-        Fmt::ALL
-            .into_iter()
-            .map(|f| {
-                let topic = format!("im/g/{gid}/in/{}", f.leaf());
-                let payload: bytes::Bytes = encode_server(format_of(f), frame).into();
-                batch.publish(topic, payload.clone(), false);
-                payload
-            })
-            .collect()
+    ) -> [Option<bytes::Bytes>; 2] {
+        Fmt::ALL.map(|f| {
+            let payload: bytes::Bytes = encode_server(format_of(f), frame).into();
+            batch.publish(
+                format!("im/g/{gid}/in/{}", f.leaf()),
+                payload.clone(),
+                false,
+            );
+            Some(payload)
+        })
     }
 
     /// Sends an `event` frame (SPEC §4) to each user in `uids`.

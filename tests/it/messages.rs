@@ -673,6 +673,22 @@ async fn a_clean_restart_resends_nothing_the_device_acknowledged() {
     assert!(matches!(f, ServerFrame::Message(ref m) if m.client_msg_id == "after"));
 }
 
+/// Ping and wait for the pong: the PUBACKs `c` sent before it have reached the server.
+async fn settle(c: &mut MqttClient, uid: i64) {
+    c.send_frame(uid, Format::Json, &ClientFrame::Ping {}).await;
+    c.recv_frame_where(|f| matches!(f, ServerFrame::Pong {}))
+        .await;
+}
+
+/// A new connection of `device` subscribed to its inbox, asserted to be sent nothing.
+async fn reconnects_to_nothing(s: &Server, u: &TestUser, device: &str, when: &str) -> MqttClient {
+    let mut c = inbox_client(s, u, device, "json").await;
+    if let Some(r) = c.recv_within(Duration::from_millis(1500)).await {
+        panic!("re-sent {when}: {}", String::from_utf8_lossy(&r.payload));
+    }
+    c
+}
+
 /// The device a message is sent from gets its ack but no copy of its own message; the
 /// sender's other devices and the recipient get the message. The sending device counts
 /// as having it: neither a reconnect nor a clean restart sends it that message again.
@@ -703,40 +719,17 @@ async fn the_sending_device_gets_its_ack_not_a_copy() {
     }
     phone.expect_nothing(Duration::from_millis(500)).await;
     // Reconnecting, the phone is not sent its own messages: they count as received
-    // once everything before them was acknowledged (here: the acks; the pong below
-    // comes after those PUBACKs on the same connection).
-    phone
-        .send_frame(a.id, Format::Json, &ClientFrame::Ping {})
-        .await;
-    phone
-        .recv_frame_where(|f| matches!(f, ServerFrame::Pong {}))
-        .await;
+    // once everything before them was acknowledged (here: the acks).
+    settle(&mut phone, a.id).await;
     phone.disconnect().await;
-    let mut phone = inbox_client(&s, &a, "phone", "json").await;
-    if let Some(r) = phone.recv_within(Duration::from_millis(1500)).await {
-        panic!(
-            "re-sent on reconnect: {}",
-            String::from_utf8_lossy(&r.payload)
-        );
-    }
+    let mut phone = reconnects_to_nothing(&s, &a, "phone", "on reconnect").await;
     // The peer's reply reaches the phone as usual.
     cb.send_frame(b.id, Format::Json, &text("r-1", a.id, "yo"))
         .await;
     let (_, f) = phone.recv_frame_where(is_msg).await;
     assert!(matches!(f, ServerFrame::Message(ref m) if m.seq == 4 && m.from == b.id));
-    phone
-        .send_frame(a.id, Format::Json, &ClientFrame::Ping {})
-        .await;
-    phone
-        .recv_frame_where(|f| matches!(f, ServerFrame::Pong {}))
-        .await;
+    settle(&mut phone, a.id).await;
     phone.disconnect().await;
     s.restart().await;
-    let mut phone = inbox_client(&s, &a, "phone", "json").await;
-    if let Some(r) = phone.recv_within(Duration::from_millis(1500)).await {
-        panic!(
-            "re-sent after a clean restart: {}",
-            String::from_utf8_lossy(&r.payload)
-        );
-    }
+    reconnects_to_nothing(&s, &a, "phone", "after a clean restart").await;
 }

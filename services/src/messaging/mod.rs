@@ -406,11 +406,11 @@ fn deliver(push: &Push, out: &mut Batch, m: &NewMessage, origin: Option<&Connect
     let payloads = match (m.to_user, m.to_group) {
         (Some(to), _) => push.to_users_in(out, &[to, m.sender], &frame),
         (_, Some(g)) => push.to_group_in(out, g, &frame),
-        _ => Vec::new(),
+        _ => [None, None],
     };
     // The sending device has the message (and its ack); its guard skips the copy.
     if let Some(origin) = origin {
-        for p in payloads {
+        for p in payloads.into_iter().flatten() {
             origin.expect_own_copy(p);
         }
     }
