@@ -79,7 +79,8 @@ impl Drop for Live {
 
 /// An outgoing QoS 1 publish waiting for its PUBACK.
 enum Inflight {
-    /// Written to the client, who will acknowledge it.
+    /// Written to the client, who will acknowledge it. `topic` is the one the broker
+    /// routed it on (a device topic, not the inbox topic the client saw it on).
     Written { topic: Bytes, payload: Bytes },
     /// Dropped by the delivery check: the guard acknowledges it itself.
     Dropped,
@@ -305,7 +306,9 @@ impl Guard {
         };
         // Device-topic publishes go out on the inbox topic, to their own device only.
         let mut device_ok = None;
+        let mut routed = None;
         if publish.topic.starts_with(DEVICE_TOPIC_PREFIX.as_bytes()) {
+            routed = Some(publish.topic.clone());
             let inbox = self.conn().and_then(|c| device_to_inbox(c, &publish.topic));
             device_ok = Some(inbox.is_some());
             if let Some(t) = inbox {
@@ -347,7 +350,10 @@ impl Guard {
             let entry = if own {
                 Inflight::Own { topic, payload }
             } else if allowed {
-                Inflight::Written { topic, payload }
+                Inflight::Written {
+                    topic: routed.unwrap_or(topic),
+                    payload,
+                }
             } else {
                 Inflight::Dropped
             };

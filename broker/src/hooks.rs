@@ -49,7 +49,8 @@ pub trait Hooks: Send + Sync + 'static {
     /// For an inbox grant the device's own device topic is active too.
     fn subscribed(&self, _conn: &Arc<Connection>, _grant: Grant, _qos: u8) {}
 
-    /// The device acknowledged (PUBACK) a QoS 1 publish the broker wrote to it.
+    /// The device acknowledged (PUBACK) a QoS 1 publish the broker wrote to it; `topic`
+    /// is the topic it was routed on (for a backlog message, the device topic).
     fn delivered(&self, _conn: &Arc<Connection>, _topic: &Bytes, _payload: &Bytes) {}
 
     /// A packet was refused.

@@ -5,7 +5,9 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use mqim_proto::{ClientFrame, Format, MsgType, ReceiptKind, ServerFrame};
-use mqim_tests::{have_tool, start_server, start_server_with, MqttClient, Server, TestUser, WAIT};
+use mqim_tests::{
+    have_tool, start_server, start_server_with, MqttClient, Received, Server, TestUser, WAIT,
+};
 use serde_json::json;
 
 fn text(cmid: &str, to: i64, content: &str) -> ClientFrame {
@@ -732,4 +734,90 @@ async fn the_sending_device_gets_its_ack_not_a_copy() {
     phone.disconnect().await;
     s.restart().await;
     reconnects_to_nothing(&s, &a, "phone", "after a clean restart").await;
+}
+
+/// A backlog of 2 in flight at a time (`backlog_window = 2`) on a manual-ack client:
+/// subscribes to the inbox and returns the first two backlog messages, unacknowledged,
+/// after asserting their seqs.
+async fn backlog_head(
+    s: &Server,
+    u: &TestUser,
+    device: &str,
+    seqs: [i64; 2],
+) -> (MqttClient, Vec<Received>) {
+    let mut c = s.mqtt_manual_acks(u, device).await;
+    assert_eq!(
+        c.subscribe_ok(&[&format!("im/u/{}/in/json", u.id)]).await,
+        [true]
+    );
+    let mut got = Vec::new();
+    for want in seqs {
+        let (r, f) = c.recv_frame_where(is_msg).await;
+        assert!(
+            matches!(f, ServerFrame::Message(ref m) if m.seq == want),
+            "{f:?}"
+        );
+        got.push(r);
+    }
+    (c, got)
+}
+
+/// A live message that arrives (and is acknowledged) while a backlog drains is newer
+/// than all of the backlog; it must not move the device's cursor past backlog messages
+/// the device has not acknowledged, or a device leaving mid-backlog would never be sent
+/// the rest. Once the whole backlog is acknowledged, the live one counts too.
+#[tokio::test]
+async fn a_live_ack_during_the_backlog_does_not_skip_the_rest_of_it() {
+    let s = start_server_with(&[("MQIM_MESSAGES__BACKLOG_WINDOW", "2")]).await;
+    let a = s.register("alice").await;
+    let b = s.register("bob").await;
+    s.befriend(&a, &b).await;
+    let mut ca = inbox_client(&s, &a, "phone", "json").await;
+    let send = |i: i64| text(&format!("m{i}"), b.id, "x");
+    for i in 1..=5 {
+        ca.send_frame(a.id, Format::Json, &send(i)).await;
+        ca.recv_frame_where(is_ack).await;
+    }
+    // Bob's phone gets seq 1 and 2 of its backlog; the rest waits for their PUBACKs.
+    let (mut cb, head) = backlog_head(&s, &b, "phone", [1, 2]).await;
+    // Seq 6 arrives live, and the phone acknowledges 1, 2 and 6 in the order received.
+    ca.send_frame(a.id, Format::Json, &send(6)).await;
+    let (live, f) = cb.recv_frame_where(is_msg).await;
+    assert!(
+        matches!(f, ServerFrame::Message(ref m) if m.seq == 6),
+        "{f:?}"
+    );
+    for r in head.iter().chain([&live]) {
+        cb.ack(r).await;
+    }
+    settle(&mut cb, b.id).await;
+    // The phone leaves with 3, 4 and 5 not acknowledged: it is sent them next time.
+    cb.disconnect().await;
+    let (mut cb, head) = backlog_head(&s, &b, "phone", [3, 4]).await;
+    // This time a live message during the backlog, then the whole backlog, are
+    // acknowledged.
+    ca.send_frame(a.id, Format::Json, &send(7)).await;
+    let (live, _) = cb
+        .recv_frame_where(|f| matches!(f, ServerFrame::Message(m) if m.seq == 7))
+        .await;
+    for r in head.iter().chain([&live]) {
+        cb.ack(r).await;
+    }
+    for want in [5, 6] {
+        let (r, f) = cb.recv_frame_where(is_msg).await;
+        assert!(
+            matches!(f, ServerFrame::Message(ref m) if m.seq == want),
+            "{f:?}"
+        );
+        cb.ack(&r).await;
+    }
+    s.wait_for_log("backlog delivered", 1).await;
+    cb.disconnect().await;
+    reconnects_to_nothing(
+        &s,
+        &b,
+        "phone",
+        "after the backlog and a live message were acknowledged",
+    )
+    .await;
 }

@@ -20,7 +20,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 pub use http::{Http, TestUser};
-pub use mqtt::{MqttClient, MqttError};
+pub use mqtt::{MqttClient, MqttError, Received};
 
 /// Generous bound for anything that should happen "at once".
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -317,6 +317,41 @@ impl Server {
         MqttClient::connect(self.mqtt_addr, &id, &user.username, &user.token)
             .await
             .unwrap_or_else(|e| panic!("MQTT connect of {id} failed: {e:?}"))
+    }
+
+    /// Like [`Server::mqtt`], but the client acknowledges only what the test passes to
+    /// [`MqttClient::ack`].
+    pub async fn mqtt_manual_acks(&self, user: &TestUser, device: &str) -> MqttClient {
+        let id = format!("{}-{device}", user.username);
+        let mut opts =
+            rumqttc::MqttOptions::new(&id, self.mqtt_addr.ip().to_string(), self.mqtt_addr.port());
+        opts.set_credentials(&user.username, &user.token);
+        opts.set_keep_alive(Duration::from_secs(5));
+        opts.set_manual_acks(true);
+        MqttClient::connect_with(opts)
+            .await
+            .unwrap_or_else(|e| panic!("MQTT connect of {id} failed: {e:?}"))
+    }
+
+    /// Waits (up to `WAIT`) until `n` lines of the server's log contain `text`.
+    pub async fn wait_for_log(&self, text: &str, n: usize) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let count = || {
+            self.logs
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.contains(text))
+                .count()
+        };
+        while count() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "fewer than {n} log lines with {text:?}; log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The server's log so far.

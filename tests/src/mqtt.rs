@@ -29,6 +29,8 @@ pub struct Received {
     pub payload: Bytes,
     /// Retain flag.
     pub retain: bool,
+    /// The packet, for [`MqttClient::ack`].
+    publish: rumqttc::Publish,
 }
 
 impl Received {
@@ -100,6 +102,7 @@ impl MqttClient {
                             topic: p.topic.clone(),
                             payload: p.payload.clone(),
                             retain: p.retain,
+                            publish: p,
                         });
                     }
                     Ok(Event::Incoming(Packet::SubAck(s))) => {
@@ -164,6 +167,12 @@ impl MqttClient {
             .into_iter()
             .map(|c| !matches!(c, SubscribeReasonCode::Failure))
             .collect()
+    }
+
+    /// Acknowledges `r` (a client made with manual acks; others acknowledge every
+    /// publish as it arrives).
+    pub async fn ack(&self, r: &Received) {
+        self.client.ack(&r.publish).await.unwrap();
     }
 
     /// Publishes raw bytes (QoS 1).

@@ -11,13 +11,22 @@
 //! device topic, so only that device gets it. At most `backlog_window` messages wait
 //! for PUBACK at once, which keeps the broker's per-connection queue (100 in flight)
 //! and its per-topic log from overflowing on a large backlog.
+//!
+//! A cursor is one number per conversation, so it may only move past messages the
+//! device has. Live messages interleave with the backlog (they are newer than all of
+//! it), so while a backlog drains, acknowledgements of live frames are held on the
+//! connection's [`Track`] and applied only once the whole backlog is acknowledged; if
+//! the device leaves first they are dropped and those live messages come again with
+//! the rest of the backlog next time (at least once, never a gap). The track is made
+//! synchronously when the broker grants the inbox subscription, before the SUBACK, so
+//! no live acknowledgement can slip in before the drain starts.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mqim_broker::{device_topic, Connection, Fmt};
+use mqim_broker::{device_topic, Connection, Fmt, DEVICE_TOPIC_PREFIX};
 use mqim_proto::{encode_server, peek_message, Format, ServerFrame};
 use parking_lot::Mutex;
 use sqlx::Row;
@@ -91,10 +100,42 @@ fn peek_cached(peeks: &Mutex<Peeks>, fmt: Format, payload: &bytes::Bytes) -> Opt
     peek
 }
 
-#[derive(Default)]
+/// A connection's backlog in progress (see the module docs).
 struct Track {
+    /// Backlog messages the device acknowledged.
     acked: AtomicU64,
     notify: Notify,
+    /// Whether a drain runs for this track (a second inbox subscription shares it).
+    running: AtomicBool,
+    /// Positions acknowledged on live topics while the backlog drains, highest seq per
+    /// conversation; `None` once the drain ended and took them.
+    held: Mutex<Option<HashMap<String, i64>>>,
+}
+
+impl Track {
+    fn new() -> Track {
+        Track {
+            acked: AtomicU64::new(0),
+            notify: Notify::new(),
+            running: AtomicBool::new(false),
+            held: Mutex::new(Some(HashMap::new())),
+        }
+    }
+
+    /// Holds a live acknowledgement back; `false` once the drain ended (apply it now).
+    fn hold(&self, cid: &str, seq: i64) -> bool {
+        let mut held = self.held.lock();
+        let Some(h) = held.as_mut() else {
+            return false;
+        };
+        match h.get_mut(cid) {
+            Some(s) => *s = (*s).max(seq),
+            None => {
+                h.insert(cid.to_owned(), seq);
+            }
+        }
+        true
+    }
 }
 
 /// Offline delivery and cursor bookkeeping.
@@ -126,23 +167,45 @@ impl Delivery {
         })
     }
 
-    /// The device acknowledged a publish; if it was a message, its cursor advances.
+    /// The broker granted `conn` an inbox subscription and its SUBACK is not yet out:
+    /// from now until its backlog is acknowledged, live acknowledgements are held.
+    pub fn subscribing(&self, conn: &Connection) {
+        self.tracks
+            .lock()
+            .entry(conn.id)
+            .or_insert_with(|| Arc::new(Track::new()));
+    }
+
+    /// The device acknowledged a publish; if it was a message, its cursor advances
+    /// (live ones only after its backlog, see the module docs).
     pub fn delivered(&self, conn: &Connection, topic: &[u8], payload: &bytes::Bytes) {
         let fmt = if topic.ends_with(b"/pb") {
             Format::Pb
         } else {
             Format::Json
         };
-        if let Some(t) = self.tracks.lock().get(&conn.id) {
-            t.acked.fetch_add(1, Ordering::Relaxed);
-            t.notify.notify_one();
-        }
         let Some(uid) = conn.user_id() else {
             return;
         };
         let Some((cid, seq)) = peek_cached(&self.peeks, fmt, payload) else {
             return;
         };
+        let backlog = topic.starts_with(DEVICE_TOPIC_PREFIX.as_bytes());
+        self.received(conn, uid, cid, seq, backlog);
+    }
+
+    /// Device `conn` of `uid` has `seq` of conversation `cid`: from its backlog (on its
+    /// device topic) or not (a live frame, or a `delivered` receipt).
+    pub fn received(&self, conn: &Connection, uid: i64, cid: String, seq: i64, backlog: bool) {
+        let track = self.tracks.lock().get(&conn.id).cloned();
+        if let Some(t) = track {
+            if backlog {
+                t.acked.fetch_add(1, Ordering::Relaxed);
+                t.notify.notify_one();
+            } else if t.hold(&cid, seq) {
+                return;
+            }
+        }
         self.advance(uid, &conn.client_id, cid, seq);
     }
 
@@ -187,9 +250,12 @@ impl Delivery {
         Ok(convs)
     }
 
-    /// The connection ended.
+    /// The connection ended: a drain still waiting for it gives up now, and what it
+    /// held is dropped.
     pub fn forget(&self, conn: &Connection) {
-        self.tracks.lock().remove(&conn.id);
+        if let Some(t) = self.tracks.lock().remove(&conn.id) {
+            t.notify.notify_one();
+        }
     }
 
     /// Sends the device its backlog in `fmt` (see the module docs). Runs in its own
@@ -197,11 +263,13 @@ impl Delivery {
     pub fn drain(self: &Arc<Self>, conn: Arc<Connection>, fmt: Fmt, qos: u8) {
         let track = {
             let mut tracks = self.tracks.lock();
-            if tracks.contains_key(&conn.id) {
+            let t = tracks
+                .entry(conn.id)
+                .or_insert_with(|| Arc::new(Track::new()))
+                .clone();
+            if t.running.swap(true, Ordering::AcqRel) {
                 return;
             }
-            let t = Arc::new(Track::default());
-            tracks.insert(conn.id, t.clone());
             t
         };
         // Messages stored after the subscription became active reach the device live;
@@ -210,12 +278,33 @@ impl Delivery {
         let since = crate::now_ms();
         let me = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = me.run_drain(&conn, fmt, qos, &track, since).await {
-                tracing::warn!(error = %e, conn = conn.id, "offline delivery failed");
+            let complete = match me.run_drain(&conn, fmt, qos, &track, since).await {
+                Ok(complete) => complete,
+                Err(e) => {
+                    tracing::warn!(error = %e, conn = conn.id, "offline delivery failed");
+                    false
+                }
+            };
+            {
+                let mut tracks = me.tracks.lock();
+                if tracks.get(&conn.id).is_some_and(|t| Arc::ptr_eq(t, &track)) {
+                    tracks.remove(&conn.id);
+                }
             }
-            let mut tracks = me.tracks.lock();
-            if tracks.get(&conn.id).is_some_and(|t| Arc::ptr_eq(t, &track)) {
-                tracks.remove(&conn.id);
+            // Acknowledgements from here on advance directly (`hold` sees `None`).
+            let held = track.held.lock().take().unwrap_or_default();
+            match (complete, conn.user_id()) {
+                (true, Some(uid)) => {
+                    for (cid, seq) in held {
+                        me.advance(uid, &conn.client_id, cid, seq);
+                    }
+                }
+                _ if !held.is_empty() => tracing::debug!(
+                    conn = conn.id,
+                    n = held.len(),
+                    "backlog not acknowledged; live acknowledgements dropped"
+                ),
+                _ => {}
             }
         });
     }
@@ -227,9 +316,9 @@ impl Delivery {
         qos: u8,
         track: &Track,
         since: i64,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<bool, sqlx::Error> {
         let Some(uid) = conn.user_id() else {
-            return Ok(());
+            return Ok(true);
         };
         store::touch_device(&self.db, uid, &conn.client_id).await?;
         let topic = device_topic(uid, &conn.client_id, fmt);
@@ -242,13 +331,20 @@ impl Delivery {
                 store::pending(&self.db, c, self.cfg.backlog_max_per_conversation, since).await?;
             for m in msgs {
                 if !conn.is_online() {
-                    return Ok(());
+                    return Ok(false);
                 }
                 if qos > 0 {
                     while sent.saturating_sub(track.acked.load(Ordering::Relaxed)) >= window {
                         let waited = tokio::time::timeout(ACK_WAIT, track.notify.notified()).await;
-                        if waited.is_err() && !conn.is_online() {
-                            return Ok(());
+                        if !conn.is_online() {
+                            return Ok(false);
+                        }
+                        if waited.is_err() {
+                            tracing::debug!(
+                                conn = conn.id,
+                                sent,
+                                "device slow to acknowledge its backlog"
+                            );
                         }
                     }
                 }
@@ -259,10 +355,19 @@ impl Delivery {
             }
         }
         total += self.send_notices(conn, uid, &topic, fmt).await?;
-        if total > 0 {
-            tracing::debug!(conn = conn.id, total, "backlog sent");
+        // The held live positions may only be applied once every backlog message is
+        // acknowledged. One that never is (the guard dropped it: the device lost
+        // access meanwhile) ends the wait after `ACK_WAIT` without progress.
+        while qos > 0 && track.acked.load(Ordering::Relaxed) < sent {
+            let waited = tokio::time::timeout(ACK_WAIT, track.notify.notified()).await;
+            if !conn.is_online() || waited.is_err() {
+                return Ok(false);
+            }
         }
-        Ok(())
+        if total > 0 {
+            tracing::debug!(conn = conn.id, total, "backlog delivered");
+        }
+        Ok(true)
     }
 
     /// System notices the device has not had (see `http::admin`), oldest first. The

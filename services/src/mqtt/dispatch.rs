@@ -141,7 +141,7 @@ async fn handle(
             match kind {
                 ReceiptKind::Delivered => {
                     m.delivery
-                        .advance(uid, &conn.client_id, conversation_id.clone(), seq)
+                        .received(conn, uid, conversation_id.clone(), seq, false)
                 }
                 ReceiptKind::Read => store::mark_read(m.db(), uid, &conversation_id, seq).await?,
             }

@@ -131,8 +131,12 @@ impl Hooks for ServiceHooks {
     fn subscribed(&self, conn: &Arc<Connection>, grant: Grant, qos: u8) {
         // Synchronously, before the SUBACK reaches the client: a frame pushed after
         // the client saw its SUBACK must go to this format.
+        // Live acknowledgements wait for the backlog from here on (delivery's docs).
         if let Grant::Inbox { uid, fmt } = &grant {
             self.inbox_formats.subscribed(*uid, *fmt);
+            if let Some(d) = self.delivery.get() {
+                d.subscribing(conn);
+            }
         }
         let _ = self.inbound.send(Inbound::Subscribed {
             conn: conn.clone(),
