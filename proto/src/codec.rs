@@ -120,10 +120,15 @@ fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
 /// Meant for the delivery hot path, to learn from a payload that a device acknowledged
 /// (QoS 1 PUBACK) which message it now has. `None` for any other frame kind and for
 /// payloads that are not a well-formed message frame of `fmt`. It does not check the
-/// conversation id's syntax.
+/// conversation id's syntax. The payloads are the server's own: a JSON frame as
+/// [`encode_server`] writes it is read from its head (see [`peek_json_head`]), and only
+/// other layouts are parsed.
 pub fn peek_message(fmt: Format, payload: &[u8]) -> Option<(String, i64)> {
     match fmt {
         Format::Json => {
+            if let Some(head) = peek_json_head(payload) {
+                return head;
+            }
             #[derive(Deserialize)]
             struct Peek<'a> {
                 #[serde(rename = "type", borrow)]
@@ -143,6 +148,43 @@ pub fn peek_message(fmt: Format, payload: &[u8]) -> Option<(String, i64)> {
             (!m.conversation_id.is_empty()).then_some((m.conversation_id, m.seq))
         }
     }
+}
+
+/// What [`peek_message`] answers for a JSON frame laid out as [`encode_server`] writes
+/// it, read from its first bytes; `None` (parse it) for any other layout.
+///
+/// serde writes the tag first and a message's fields in declaration order, so every
+/// `message` frame begins `{"type":"message","id":N,"conversation_id":"…","seq":N,`;
+/// every other frame begins `{"type":"<kind>"`. Reading those bytes instead of parsing
+/// the frame, most of which is its content, is done once per PUBACK of a message, ack or
+/// event frame.
+pub(crate) fn peek_json_head(payload: &[u8]) -> Option<Option<(String, i64)>> {
+    fn digits(b: &[u8]) -> usize {
+        b.iter().take_while(|c| c.is_ascii_digit()).count()
+    }
+    let rest = payload.strip_prefix(br#"{"type":""#)?;
+    let Some(rest) = rest.strip_prefix(br#"message","id":"#) else {
+        // Another kind, if its tag is a plain word (as every tag is) and not "message".
+        let end = rest.iter().position(|&c| c == b'"')?;
+        let word = rest[..end]
+            .iter()
+            .all(|c| c.is_ascii_lowercase() || *c == b'_');
+        return (word && &rest[..end] != b"message").then_some(None);
+    };
+    let n = digits(rest);
+    let rest = rest.get(n..)?.strip_prefix(br#","conversation_id":""#)?;
+    let end = rest.iter().position(|&c| c == b'"' || c == b'\\')?;
+    if n == 0 || rest[end] != b'"' {
+        return None;
+    }
+    let cid = std::str::from_utf8(&rest[..end]).ok()?;
+    let rest = rest[end + 1..].strip_prefix(br#","seq":"#)?;
+    let n = digits(rest);
+    if n == 0 || !matches!(rest.get(n), Some(b',' | b'}')) {
+        return None;
+    }
+    let seq = std::str::from_utf8(&rest[..n]).ok()?.parse().ok()?;
+    Some(Some((cid.to_owned(), seq)))
 }
 
 /// The `client_msg_id` of a client payload that may not decode or validate as a whole, so

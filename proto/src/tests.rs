@@ -759,3 +759,69 @@ fn decoded_frames_validate() {
         assert_eq!(ok_client(src).validate().is_ok(), ok, "{src}");
     }
 }
+
+#[test]
+fn peek_reads_the_head_of_the_servers_own_json_frames() {
+    use crate::codec::peek_json_head;
+    // Every message the server encodes is answered from its head, the same as parsed.
+    let mut frames = Vec::new();
+    for (i, content) in [
+        "",
+        "plain",
+        "quote \" and \\ and \u{1F600} and \n",
+        "{\"type\":\"ack\"}",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut m = sample_message(i as i64 + 1);
+        m.id = [1, 9, 10, i64::MAX][i];
+        m.seq = [1, 99, 123_456_789, i64::MAX][i];
+        m.conversation_id = ["u:1:2", "g:77", "u:12345:67890", "g:1"][i].into();
+        m.content = content.into();
+        m.recalled = i % 2 == 1;
+        m.reply_to = (i == 2).then_some(5);
+        frames.push(m);
+    }
+    for m in frames {
+        let expected = (m.conversation_id.clone(), m.seq);
+        let bytes = encode_server(Format::Json, &ServerFrame::Message(m));
+        assert_eq!(peek_json_head(&bytes), Some(Some(expected.clone())));
+        assert_eq!(peek_message(Format::Json, &bytes), Some(expected));
+    }
+    // Every other frame the server encodes is known not to be a message from its tag.
+    for src in SERVER_JSON {
+        let f = decode_server(Format::Json, src.as_bytes()).expect(src);
+        if matches!(f, ServerFrame::Message(_)) {
+            continue;
+        }
+        let bytes = encode_server(Format::Json, &f);
+        assert_eq!(peek_json_head(&bytes), Some(None), "{src}");
+    }
+    // Other layouts are left to the parser.
+    for odd in [
+        &br#"{"seq":3,"type":"message","conversation_id":"g:1"}"#[..],
+        br#"{"type":"message","seq":3}"#,
+        br#"{"type":"message","id":1,"conversation_id":"u:1:\u0032","seq":3}"#,
+        br#"{"type":"message","id":,"conversation_id":"g:1","seq":3}"#,
+        br#"{"type":"message","id":1,"conversation_id":"g:1","seq":3x"#,
+        br#"{"type":"message","id":1,"conversation_id":"g:1","seq":99999999999999999999}"#,
+        br#"{"type":"mess\u0061ge","id":1}"#,
+        br#"{ "type":"message"}"#,
+        b"",
+    ] {
+        assert_eq!(
+            peek_json_head(odd),
+            None,
+            "{}",
+            String::from_utf8_lossy(odd)
+        );
+    }
+    assert_eq!(
+        peek_message(
+            Format::Json,
+            br#"{"type":"message","id":1,"conversation_id":"u:1:\u0032","seq":3}"#
+        ),
+        Some(("u:1:2".to_string(), 3))
+    );
+}
