@@ -46,10 +46,61 @@ pub struct Connection {
     closing: AtomicBool,
     /// Payloads on their way to this connection's own user that are copies of messages
     /// this connection sent (see [`Connection::expect_own_copy`]).
-    own_copies: Mutex<VecDeque<bytes::Bytes>>,
-    /// Whether `own_copies` may be non-empty: every publish written to every connection
-    /// asks, and almost always the answer is no, without taking the lock.
-    has_own_copies: AtomicBool,
+    own_copies: OwnPayloads<()>,
+    /// `ack` payloads of messages this connection sent whose copy was not published to
+    /// it at all (see [`Connection::expect_own_ack`]).
+    own_acks: OwnPayloads<(String, i64)>,
+}
+
+/// A short list of payloads with a value each, matched by buffer (address and length):
+/// each entry keeps its buffer alive, so no other buffer can have its address while it
+/// is listed.
+#[derive(Debug)]
+struct OwnPayloads<T> {
+    list: Mutex<VecDeque<(bytes::Bytes, T)>>,
+    /// Whether `list` may be non-empty: every publish written to (or acknowledged by)
+    /// every connection asks, and almost always the answer is no, without the lock.
+    any: AtomicBool,
+}
+
+impl<T> Default for OwnPayloads<T> {
+    fn default() -> Self {
+        OwnPayloads {
+            list: Mutex::new(VecDeque::new()),
+            any: AtomicBool::new(false),
+        }
+    }
+}
+
+impl<T> OwnPayloads<T> {
+    fn expect(&self, payload: bytes::Bytes, value: T) {
+        if payload.len() > OWN_COPY_MAX_BYTES {
+            return;
+        }
+        let mut own = self.list.lock();
+        if own.len() >= OWN_COPIES_MAX {
+            own.pop_front();
+        }
+        own.push_back((payload, value));
+        self.any.store(true, Ordering::Release);
+    }
+
+    /// The value of `payload`, if it is listed (forgotten once asked).
+    fn take(&self, payload: &bytes::Bytes) -> Option<T> {
+        // Set before the service publishes the payload, so it is never missed.
+        if !self.any.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut own = self.list.lock();
+        let found = own
+            .iter()
+            .position(|(b, _)| b.as_ptr() == payload.as_ptr() && b.len() == payload.len())?;
+        let (_, value) = own.remove(found)?;
+        if own.is_empty() {
+            self.any.store(false, Ordering::Release);
+        }
+        Some(value)
+    }
 }
 
 /// Own copies remembered per connection; an older one is forgotten (and then simply
@@ -101,38 +152,27 @@ impl Connection {
     /// before the copy is acknowledged. Call before publishing; the payload is matched
     /// by buffer (address and length), so it must be the very `Bytes` published.
     pub fn expect_own_copy(&self, payload: bytes::Bytes) {
-        if payload.len() > OWN_COPY_MAX_BYTES {
-            return;
-        }
-        let mut own = self.own_copies.lock();
-        if own.len() >= OWN_COPIES_MAX {
-            own.pop_front();
-        }
-        own.push_back(payload);
-        self.has_own_copies.store(true, Ordering::Release);
+        self.own_copies.expect(payload, ());
     }
 
     /// Whether `payload` is one of this connection's own copies (forgotten once asked).
-    /// An entry keeps its buffer alive, so no other buffer can have its address.
     pub(crate) fn take_own_copy(&self, payload: &bytes::Bytes) -> bool {
-        // Set before the service publishes the copy, so a copy is never missed.
-        if !self.has_own_copies.load(Ordering::Acquire) {
-            return false;
-        }
-        let mut own = self.own_copies.lock();
-        let found = own
-            .iter()
-            .position(|b| b.as_ptr() == payload.as_ptr() && b.len() == payload.len());
-        match found {
-            Some(i) => {
-                own.remove(i);
-                if own.is_empty() {
-                    self.has_own_copies.store(false, Ordering::Release);
-                }
-                true
-            }
-            None => false,
-        }
+        self.own_copies.take(payload).is_some()
+    }
+
+    /// `payload` is about to be published to this connection's user as the `ack` of a
+    /// message this connection sent, and no copy of the message is published to it (no
+    /// other device of the user was connected to need one): the device acknowledging
+    /// this ack stands for it having message `seq` of conversation `cid`. Matched by
+    /// buffer, as own copies are.
+    pub fn expect_own_ack(&self, payload: bytes::Bytes, cid: String, seq: i64) {
+        self.own_acks.expect(payload, (cid, seq));
+    }
+
+    /// If `payload` is the ack of one of this connection's messages that had no copy:
+    /// that message's conversation and seq (forgotten once asked).
+    pub fn take_own_ack(&self, payload: &bytes::Bytes) -> Option<(String, i64)> {
+        self.own_acks.take(payload)
     }
 }
 
@@ -190,8 +230,8 @@ impl Registry {
             peer,
             online: AtomicBool::new(false),
             closing: AtomicBool::new(false),
-            own_copies: Mutex::new(VecDeque::new()),
-            has_own_copies: AtomicBool::new(false),
+            own_copies: OwnPayloads::default(),
+            own_acks: OwnPayloads::default(),
         });
         let mut ix = self.inner.lock();
         ix.conns.insert(id, conn.clone());
@@ -238,6 +278,15 @@ impl Registry {
     pub fn of_user(&self, uid: i64) -> Vec<Arc<Connection>> {
         let ix = self.inner.lock();
         ix.resolve(ix.by_user.get(&uid))
+    }
+
+    /// Whether user `uid` has an authenticated connection other than `except`.
+    pub fn has_other_connection(&self, uid: i64, except: u64) -> bool {
+        self.inner
+            .lock()
+            .by_user
+            .get(&uid)
+            .is_some_and(|ids| ids.iter().any(|&id| id != except))
     }
 
     /// Authenticated connections with client id `client_id`.

@@ -77,6 +77,7 @@ pub async fn serve(
             db.clone(),
             graph.clone(),
             push.clone(),
+            broker.registry().clone(),
             config.messages.clone(),
         )
     };

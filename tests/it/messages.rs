@@ -821,3 +821,45 @@ async fn a_live_ack_during_the_backlog_does_not_skip_the_rest_of_it() {
     )
     .await;
 }
+
+/// With no other device of the sender connected, the message is not published to the
+/// sender's inbox at all; the sending device's ack stands for it: the device is not sent
+/// its own messages on reconnect nor after a restart, and a device of the sender that
+/// connects later gets them from its backlog.
+#[tokio::test]
+async fn a_lone_sending_device_is_not_sent_its_own_messages_later() {
+    let mut s = start_server().await;
+    let a = s.register("alice").await;
+    let b = s.register("bob").await;
+    s.befriend(&a, &b).await;
+    let mut phone = inbox_client(&s, &a, "phone", "json").await;
+    let mut cb = inbox_client(&s, &b, "web", "json").await;
+    for i in 1..=3 {
+        phone
+            .send_frame(a.id, Format::Json, &text(&format!("m-{i}"), b.id, "hi"))
+            .await;
+        let (_, f) = phone.recv_frame_where(|_| true).await;
+        assert!(
+            matches!(f, ServerFrame::Ack { seq, .. } if seq == i),
+            "{f:?}"
+        );
+        let (_, f) = cb.recv_frame_where(is_msg).await;
+        assert!(matches!(f, ServerFrame::Message(ref m) if m.seq == i && m.from == a.id));
+    }
+    phone.expect_nothing(Duration::from_millis(300)).await;
+    settle(&mut phone, a.id).await;
+    phone.disconnect().await;
+    let phone = reconnects_to_nothing(&s, &a, "phone", "on reconnect").await;
+    phone.disconnect().await;
+    s.restart().await;
+    reconnects_to_nothing(&s, &a, "phone", "after a clean restart").await;
+    // Alice's laptop, seen for the first time, gets the conversation from its backlog.
+    let mut laptop = inbox_client(&s, &a, "laptop", "json").await;
+    for seq in 1..=3 {
+        let (_, f) = laptop.recv_frame_where(is_msg).await;
+        assert!(
+            matches!(f, ServerFrame::Message(ref m) if m.seq == seq && m.from == a.id),
+            "{f:?}"
+        );
+    }
+}

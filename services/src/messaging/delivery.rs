@@ -187,7 +187,11 @@ impl Delivery {
         let Some(uid) = conn.user_id() else {
             return;
         };
-        let Some((cid, seq)) = peek_cached(&self.peeks, fmt, payload) else {
+        // The ack of a message of this device that had no copy stands for the copy.
+        let peek = conn
+            .take_own_ack(payload)
+            .or_else(|| peek_cached(&self.peeks, fmt, payload));
+        let Some((cid, seq)) = peek else {
             return;
         };
         let backlog = topic.starts_with(DEVICE_TOPIC_PREFIX.as_bytes());

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use mqim_broker::{Batch, Connection};
+use mqim_broker::{Batch, Connection, Registry};
 use mqim_proto::{ConversationId, MsgType, ServerFrame};
 use parking_lot::Mutex;
 use sqlx::Row;
@@ -82,11 +82,18 @@ impl Messaging {
         db: Db,
         graph: Arc<SocialGraph>,
         push: Push,
+        connections: Arc<Registry>,
         cfg: MessagesConfig,
     ) -> Arc<Messaging> {
         let (jobs, rx) = mpsc::channel(cfg.batch_max * 8);
         let delivery = delivery::Delivery::start(db.clone(), push.clone(), cfg.clone());
-        tokio::spawn(writer(db.clone(), push.clone(), rx, cfg.batch_max));
+        tokio::spawn(writer(
+            db.clone(),
+            push.clone(),
+            connections,
+            rx,
+            cfg.batch_max,
+        ));
         Arc::new(Messaging {
             db,
             graph,
@@ -315,7 +322,13 @@ impl Messaging {
 }
 
 /// The group-commit writer: one transaction per batch of waiting sends.
-async fn writer(db: Db, push: Push, mut rx: mpsc::Receiver<Job>, batch_max: usize) {
+async fn writer(
+    db: Db,
+    push: Push,
+    connections: Arc<Registry>,
+    mut rx: mpsc::Receiver<Job>,
+    batch_max: usize,
+) {
     let (deliveries, mut committed) =
         mpsc::unbounded_channel::<Vec<(NewMessage, Option<Arc<Connection>>, ApiResult<Stored>)>>();
     tokio::spawn(async move {
@@ -324,7 +337,14 @@ async fn writer(db: Db, push: Push, mut rx: mpsc::Receiver<Job>, batch_max: usiz
             let mut out = Batch::default();
             for (msg, origin, res) in done {
                 match res {
-                    Ok(stored) => deliver(&push, &mut out, &msg, origin.as_deref(), &stored),
+                    Ok(stored) => deliver(
+                        &push,
+                        &connections,
+                        &mut out,
+                        &msg,
+                        origin.as_deref(),
+                        &stored,
+                    ),
                     Err(e) => {
                         push.to_users_in(
                             &mut out,
@@ -389,7 +409,20 @@ async fn store_batch(db: &Db, batch: &[Job]) -> Result<Vec<ApiResult<Stored>>, A
 /// After commit: the ack to the sender's devices; the message to the recipients and to
 /// the sender's other devices (not to the device it was sent from, `origin`: its guard
 /// skips that copy). A repeated send gets the original ack only.
-fn deliver(push: &Push, out: &mut Batch, m: &NewMessage, origin: Option<&Connection>, s: &Stored) {
+///
+/// A one-to-one message sent from a device when no other device of the sender is
+/// connected is not published to the sender's inbox at all: nobody would be written
+/// that copy (its guard would skip it), and routing it cost a third of the message's
+/// deliveries. The device's `ack` then stands for the copy (`Connection::expect_own_ack`).
+/// A device of the sender that connects later finds the message in its backlog.
+fn deliver(
+    push: &Push,
+    connections: &Registry,
+    out: &mut Batch,
+    m: &NewMessage,
+    origin: Option<&Connection>,
+    s: &Stored,
+) {
     let f = &s.frame;
     let ack = ServerFrame::Ack {
         client_msg_id: f.client_msg_id.clone(),
@@ -398,13 +431,22 @@ fn deliver(push: &Push, out: &mut Batch, m: &NewMessage, origin: Option<&Connect
         seq: f.seq,
         created_at: f.created_at,
     };
-    push.to_users_in(out, &[m.sender], &ack);
+    let acks = push.to_users_in(out, &[m.sender], &ack);
     if s.duplicate {
         return;
     }
     let frame = ServerFrame::Message(f.clone());
     let payloads = match (m.to_user, m.to_group) {
-        (Some(to), _) => push.to_users_in(out, &[to, m.sender], &frame),
+        (Some(to), _) => match origin {
+            Some(o) if to != m.sender && !connections.has_other_connection(m.sender, o.id) => {
+                for p in acks.into_iter().flatten() {
+                    o.expect_own_ack(p, f.conversation_id.clone(), f.seq);
+                }
+                push.to_users_in(out, &[to], &frame);
+                return;
+            }
+            _ => push.to_users_in(out, &[to, m.sender], &frame),
+        },
         (_, Some(g)) => push.to_group_in(out, g, &frame),
         _ => [None, None],
     };
