@@ -3,10 +3,10 @@
 //! A frame goes to `…/in/json` and `…/in/pb`; the broker drops a publish nobody is
 //! subscribed to at almost no cost, so each subscriber gets it in the format it chose.
 
+use foldhash::HashSet;
 use mqim_broker::{Batch, Fmt, Publisher};
 use mqim_proto::{encode_server, Format, ServerFrame};
 use serde_json::Value;
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -39,12 +39,9 @@ impl InboxFormats {
         }
     }
 
-    fn of(&self, uid: i64) -> Vec<Fmt> {
+    fn of(&self, uid: i64) -> [Option<Fmt>; 2] {
         let set = self.0.lock();
-        Fmt::ALL
-            .into_iter()
-            .filter(|f| set.contains(&(uid, *f)))
-            .collect()
+        Fmt::ALL.map(|f| set.contains(&(uid, f)).then_some(f))
     }
 }
 
@@ -94,7 +91,7 @@ impl Push {
     ) -> [Option<bytes::Bytes>; 2] {
         let mut encoded: [Option<bytes::Bytes>; 2] = [None, None];
         for &uid in uids {
-            for f in self.inbox_formats.of(uid) {
+            for f in self.inbox_formats.of(uid).into_iter().flatten() {
                 let slot = &mut encoded[f as usize];
                 let payload = slot
                     .get_or_insert_with(|| encode_server(format_of(f), frame).into())

@@ -21,7 +21,7 @@
 //! synchronously when the broker grants the inbox subscription, before the SUBACK, so
 //! no live acknowledgement can slip in before the drain starts.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

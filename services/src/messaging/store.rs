@@ -3,10 +3,10 @@
 //!
 //! Runtime SQL that runs unchanged on SQLite and PostgreSQL (see `crate::db`).
 
+use foldhash::{HashMap, HashMapExt};
 use mqim_proto::{ConversationId, MessageFrame, MsgType};
 use sqlx::any::AnyRow;
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
 
 use sqlx::Row;
 
