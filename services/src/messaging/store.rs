@@ -246,6 +246,12 @@ const INSERT_MESSAGES: &str = "INSERT INTO messages (conversation_id, seq, sende
 
 /// [`store_many`] on SQLite's writer thread: one transaction, each step a prepared
 /// single-row statement (in-process calls, no statement journal).
+///
+/// A repeated `client_msg_id` is found by the insert itself (`ON CONFLICT … DO NOTHING`
+/// on the sender's key) rather than by a lookup before it, so a new message costs one
+/// statement, not two. Seqs are taken up front for every candidate and handed out only
+/// as inserts succeed; a conversation that had repeats gives the unused ones back before
+/// commit, so seqs stay gapless.
 fn store_on_thread(
     conn: &mut rusqlite::Connection,
     msgs: &[NewMessage],
@@ -255,46 +261,46 @@ fn store_on_thread(
     let mut out: Vec<Option<Result<Stored, ApiError>>> = (0..msgs.len()).map(|_| None).collect();
     let (first, repeats) = first_of(msgs);
     let cids: Vec<String> = msgs.iter().map(|m| m.conv.to_string()).collect();
-    // 1. Idempotency and replies.
+    let mut find = tx.prepare_cached(&format!(
+        "SELECT {MSG_COLS} FROM messages WHERE sender_id = ?1 AND client_msg_id = ?2"
+    ))?;
+    // 1. Candidates: first occurrences in the batch whose reply (if any) is valid. An
+    //    invalid reply of a repeated send answers with the original, as repeats do.
     let mut fresh: Vec<usize> = Vec::with_capacity(msgs.len());
     {
-        let mut find = tx.prepare_cached(&format!(
-            "SELECT {MSG_COLS} FROM messages WHERE sender_id = ?1 AND client_msg_id = ?2"
-        ))?;
         let mut reply =
             tx.prepare_cached("SELECT 1 FROM messages WHERE id = ?1 AND conversation_id = ?2")?;
         for (i, m) in msgs.iter().enumerate() {
             if first.get(&(m.sender, m.client_msg_id.as_str())) != Some(&i) {
                 continue;
             }
-            let found = find
-                .query_row((m.sender, &m.client_msg_id), |r| frame_from(r))
-                .optional()?;
-            if let Some(frame) = found {
-                out[i] = Some(Ok(Stored {
-                    frame,
-                    duplicate: true,
-                }));
-            } else if let Some(to) = m.reply_to {
-                if reply.exists((to, &cids[i]))? {
-                    fresh.push(i);
-                } else {
-                    out[i] = Some(Err(invalid_reply()));
+            match m.reply_to {
+                Some(to) if !reply.exists((to, &cids[i]))? => {
+                    let found = find
+                        .query_row((m.sender, &m.client_msg_id), |r| frame_from(r))
+                        .optional()?;
+                    out[i] = Some(match found {
+                        Some(frame) => Ok(Stored {
+                            frame,
+                            duplicate: true,
+                        }),
+                        None => Err(invalid_reply()),
+                    });
                 }
-            } else {
-                fresh.push(i);
+                _ => fresh.push(i),
             }
         }
     }
-    // 2. Seqs: each conversation takes a run of as many seqs as it has new messages.
+    // 2. Seqs: each conversation takes a run of as many seqs as it has candidates.
     let now = now_ms();
-    let mut next: HashMap<&str, (usize, i64)> = HashMap::new();
+    // Conversation -> (a message of it, candidates; then: its next seq, seqs unused).
+    let mut next: HashMap<&str, (usize, i64, i64)> = HashMap::new();
     let mut order: Vec<&str> = Vec::new();
     for &i in &fresh {
         next.entry(cids[i].as_str())
             .or_insert_with(|| {
                 order.push(cids[i].as_str());
-                (i, 0)
+                (i, 0, 0)
             })
             .1 += 1;
     }
@@ -303,26 +309,28 @@ fn store_on_thread(
             "{UPSERT_CONVERSATIONS}(?1, ?2, ?3, ?4, ?5, ?6){UPSERT_CONVERSATIONS_END} \
              RETURNING last_seq"
         ))?;
-        for cid in order {
-            if let Some((i, n)) = next.get_mut(cid) {
+        for cid in &order {
+            if let Some((i, n, unused)) = next.get_mut(cid) {
                 let (a, b, g) = parties(&msgs[*i].conv);
                 let last: i64 = upsert.query_row((cid, a, b, g, *n, now), |r| r.get(0))?;
+                *unused = *n;
                 // From now on: the seq of the conversation's next new message.
                 *n = last - *n + 1;
             }
         }
     }
-    // 3. Insert, in batch order.
+    // 3. Insert, in batch order; a conflict on the sender's key is a repeated send.
     {
         let mut insert = tx.prepare_cached(&format!(
-            "{INSERT_MESSAGES}(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+            "{INSERT_MESSAGES}(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+             ON CONFLICT (sender_id, client_msg_id) DO NOTHING"
         ))?;
         for &i in &fresh {
             let m = &msgs[i];
-            let Some((_, seq)) = next.get_mut(cids[i].as_str()) else {
+            let Some((_, seq, unused)) = next.get_mut(cids[i].as_str()) else {
                 continue;
             };
-            insert.execute((
+            let inserted = insert.execute((
                 &cids[i],
                 *seq,
                 m.sender,
@@ -334,6 +342,14 @@ fn store_on_thread(
                 m.reply_to,
                 now,
             ))?;
+            if inserted == 0 {
+                let frame = find.query_row((m.sender, &m.client_msg_id), |r| frame_from(r))?;
+                out[i] = Some(Ok(Stored {
+                    frame,
+                    duplicate: true,
+                }));
+                continue;
+            }
             out[i] = Some(Ok(stored(
                 m,
                 cids[i].clone(),
@@ -342,8 +358,22 @@ fn store_on_thread(
                 now,
             )));
             *seq += 1;
+            *unused -= 1;
         }
     }
+    // 4. Seqs taken for repeats go back.
+    {
+        let mut give_back =
+            tx.prepare_cached("UPDATE conversations SET last_seq = last_seq - ?1 WHERE id = ?2")?;
+        for cid in &order {
+            if let Some(&(_, _, unused)) = next.get(cid) {
+                if unused > 0 {
+                    give_back.execute((unused, cid))?;
+                }
+            }
+        }
+    }
+    drop(find);
     tx.commit()?;
     finish(out, repeats)
 }
@@ -1032,6 +1062,14 @@ mod tests {
         }
         let n = count_messages(&db).await;
         assert_eq!(n, 7, "2 + 5 new rows, repeats stored nothing");
+        // The seq the stored repeat had taken went back: the next message follows on.
+        let next = store(&db, &[msg(2, 1, "c1"), msg(3, 1, "c2")]).await;
+        let seqs: Vec<i64> = next
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .map(|s| s.frame.seq)
+            .collect();
+        assert_eq!(seqs, vec![5, 4]);
     }
 
     #[tokio::test]
