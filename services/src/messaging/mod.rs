@@ -438,7 +438,7 @@ fn deliver(
     let frame = ServerFrame::Message(f.clone());
     let payloads = match (m.to_user, m.to_group) {
         (Some(to), _) => match origin {
-            Some(o) if to != m.sender && !connections.has_other_connection(m.sender, o.id) => {
+            Some(o) if !connections.has_other_connection(m.sender, o.id) => {
                 for p in acks.into_iter().flatten() {
                     o.expect_own_ack(p, f.conversation_id.clone(), f.seq);
                 }

@@ -244,6 +244,17 @@ const UPSERT_CONVERSATIONS_END: &str = " ON CONFLICT (id) DO UPDATE SET \
 const INSERT_MESSAGES: &str = "INSERT INTO messages (conversation_id, seq, sender_id, to_user, \
      to_group, msg_type, content, client_msg_id, reply_to, created_at) VALUES ";
 
+/// A conversation's seqs within one SQLite batch.
+struct SeqRun {
+    /// A message of the batch in it (for the conversation row's parties).
+    first: usize,
+    /// The seq its next new message takes.
+    next: i64,
+    /// Seqs taken but not (yet) given to a message: its candidates until the upsert
+    /// took them, then those left over by repeats the insert found.
+    unused: i64,
+}
+
 /// [`store_many`] on SQLite's writer thread: one transaction, each step a prepared
 /// single-row statement (in-process calls, no statement journal).
 ///
@@ -293,16 +304,19 @@ fn store_on_thread(
     }
     // 2. Seqs: each conversation takes a run of as many seqs as it has candidates.
     let now = now_ms();
-    // Conversation -> (a message of it, candidates; then: its next seq, seqs unused).
-    let mut next: HashMap<&str, (usize, i64, i64)> = HashMap::new();
+    let mut next: HashMap<&str, SeqRun> = HashMap::new();
     let mut order: Vec<&str> = Vec::new();
     for &i in &fresh {
         next.entry(cids[i].as_str())
             .or_insert_with(|| {
                 order.push(cids[i].as_str());
-                (i, 0, 0)
+                SeqRun {
+                    first: i,
+                    next: 0,
+                    unused: 0,
+                }
             })
-            .1 += 1;
+            .unused += 1;
     }
     {
         let mut upsert = tx.prepare_cached(&format!(
@@ -310,12 +324,10 @@ fn store_on_thread(
              RETURNING last_seq"
         ))?;
         for cid in &order {
-            if let Some((i, n, unused)) = next.get_mut(cid) {
-                let (a, b, g) = parties(&msgs[*i].conv);
-                let last: i64 = upsert.query_row((cid, a, b, g, *n, now), |r| r.get(0))?;
-                *unused = *n;
-                // From now on: the seq of the conversation's next new message.
-                *n = last - *n + 1;
+            if let Some(run) = next.get_mut(cid) {
+                let (a, b, g) = parties(&msgs[run.first].conv);
+                let last: i64 = upsert.query_row((cid, a, b, g, run.unused, now), |r| r.get(0))?;
+                run.next = last - run.unused + 1;
             }
         }
     }
@@ -327,12 +339,12 @@ fn store_on_thread(
         ))?;
         for &i in &fresh {
             let m = &msgs[i];
-            let Some((_, seq, unused)) = next.get_mut(cids[i].as_str()) else {
+            let Some(run) = next.get_mut(cids[i].as_str()) else {
                 continue;
             };
             let inserted = insert.execute((
                 &cids[i],
-                *seq,
+                run.next,
                 m.sender,
                 m.to_user,
                 m.to_group,
@@ -354,23 +366,18 @@ fn store_on_thread(
                 m,
                 cids[i].clone(),
                 tx.last_insert_rowid(),
-                *seq,
+                run.next,
                 now,
             )));
-            *seq += 1;
-            *unused -= 1;
+            run.next += 1;
+            run.unused -= 1;
         }
     }
-    // 4. Seqs taken for repeats go back.
-    {
-        let mut give_back =
-            tx.prepare_cached("UPDATE conversations SET last_seq = last_seq - ?1 WHERE id = ?2")?;
-        for cid in &order {
-            if let Some(&(_, _, unused)) = next.get(cid) {
-                if unused > 0 {
-                    give_back.execute((unused, cid))?;
-                }
-            }
+    // 4. Seqs taken for repeats the insert found (a client's retry) go back.
+    for (cid, run) in &next {
+        if run.unused > 0 {
+            tx.prepare_cached("UPDATE conversations SET last_seq = last_seq - ?1 WHERE id = ?2")?
+                .execute((run.unused, cid))?;
         }
     }
     drop(find);
@@ -982,6 +989,15 @@ mod tests {
         }
     }
 
+    /// The seqs of the stored (or found) messages of a batch's results, in order.
+    fn seqs_of(results: &[Result<Stored, ApiError>]) -> Vec<i64> {
+        results
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .map(|s| s.frame.seq)
+            .collect()
+    }
+
     async fn count_messages(db: &Db) -> i64 {
         sqlx::query("SELECT COUNT(*) AS n FROM messages")
             .fetch_one(&db.pool)
@@ -1064,11 +1080,7 @@ mod tests {
         assert_eq!(n, 7, "2 + 5 new rows, repeats stored nothing");
         // The seq the stored repeat had taken went back: the next message follows on.
         let next = store(&db, &[msg(2, 1, "c1"), msg(3, 1, "c2")]).await;
-        let seqs: Vec<i64> = next
-            .iter()
-            .filter_map(|r| r.as_ref().ok())
-            .map(|s| s.frame.seq)
-            .collect();
+        let seqs = seqs_of(&next);
         assert_eq!(seqs, vec![5, 4]);
     }
 
@@ -1081,11 +1093,7 @@ mod tests {
         batch.extend((0..250).map(|i| msg(1 + i % 2, 2 - i % 2, &format!("k{i}"))));
         let out = store(&db, &batch).await;
         assert_eq!(out[1].as_ref().err().map(|e| e.code), Some("invalid_reply"));
-        let seqs: Vec<i64> = out
-            .iter()
-            .filter_map(|r| r.as_ref().ok())
-            .map(|s| s.frame.seq)
-            .collect();
+        let seqs = seqs_of(&out);
         assert_eq!(
             seqs,
             (1..=251).collect::<Vec<_>>(),
@@ -1109,11 +1117,7 @@ mod tests {
         let n = count_messages(&db).await;
         assert_eq!(n, 1, "nothing of the failed batch is stored");
         let next = store(&db, &[msg(1, 2, "f2"), msg(2, 1, "f3")]).await;
-        let seqs: Vec<i64> = next
-            .iter()
-            .filter_map(|r| r.as_ref().ok())
-            .map(|s| s.frame.seq)
-            .collect();
+        let seqs = seqs_of(&next);
         assert_eq!(seqs, vec![2, 3], "seqs continue without a gap");
         for s in next.iter().filter_map(|r| r.as_ref().ok()) {
             let row = message(&db, s.frame.id).await.expect("query").expect("row");
