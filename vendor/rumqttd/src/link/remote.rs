@@ -158,18 +158,16 @@ impl<P: Protocol> RemoteLink<P> {
                 // due to previously received data request
                 o = self.link_rx.exchange(&mut self.notifications) => {
                     o?;
-                    let mut packets = VecDeque::new();
                     let mut unscheduled = false;
-
-                    for notif in self.notifications.drain(..) {
-                        if let Some(packet) = notif.into() {
-                            packets.push_back(packet);
-                        } else {
-                            unscheduled = true;
-                        }
-
-                    }
-                    self.network.writev(packets).await?;
+                    // mqim patch: written straight into the network's buffer, not
+                    // collected in a new VecDeque per batch first (see Network::buffer).
+                    let packets = self.notifications.drain(..).filter_map(|notif| {
+                        let packet: Option<Packet> = notif.into();
+                        unscheduled |= packet.is_none();
+                        packet
+                    });
+                    self.network.buffer(packets)?;
+                    self.network.flush().await?;
                     if unscheduled {
                         self.link_rx.wake().await?;
                     }
