@@ -159,15 +159,14 @@ impl<P: Protocol> RemoteLink<P> {
                 o = self.link_rx.exchange(&mut self.notifications) => {
                     o?;
                     let mut unscheduled = false;
-                    // mqim patch: written straight into the network's buffer, not
-                    // collected in a new VecDeque per batch first (see Network::buffer).
+                    // mqim patch: the batch is written as it is drained, not collected
+                    // in a new VecDeque first (see Network::writev).
                     let packets = self.notifications.drain(..).filter_map(|notif| {
                         let packet: Option<Packet> = notif.into();
                         unscheduled |= packet.is_none();
                         packet
                     });
-                    self.network.buffer(packets)?;
-                    self.network.flush().await?;
+                    self.network.writev(packets).await?;
                     if unscheduled {
                         self.link_rx.wake().await?;
                     }
