@@ -75,6 +75,8 @@ pub struct TokenOwner {
     pub user_id: i64,
     /// Username.
     pub username: String,
+    /// When the token expires, unix ms.
+    pub expires_at: i64,
 }
 
 const USER_COLS: &str = "id, username, nickname, avatar_url, bio, created_at";
@@ -266,6 +268,7 @@ pub async fn authenticate(db: &Db, token: &str) -> Result<Option<TokenOwner>, sq
         token_id: row.try_get("id")?,
         user_id: row.try_get("user_id")?,
         username: row.try_get("username")?,
+        expires_at,
     }))
 }
 

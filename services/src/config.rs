@@ -34,6 +34,7 @@ pub struct Config {
     pub mqtt: MqttConfig,
     pub auth: AuthConfig,
     pub admin: AdminConfig,
+    pub mqtt_hooks: MqttHooksConfig,
     pub limits: LimitsConfig,
     pub messages: MessagesConfig,
     pub files: FilesConfig,
@@ -98,6 +99,21 @@ impl std::fmt::Debug for AdminConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdminConfig")
             .field("token", &if self.token.is_empty() { "" } else { "<set>" })
+            .finish()
+    }
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttHooksConfig {
+    pub secret: String,
+}
+
+impl std::fmt::Debug for MqttHooksConfig {
+    /// Never prints the secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttHooksConfig")
+            .field("secret", &if self.secret.is_empty() { "" } else { "<set>" })
             .finish()
     }
 }

@@ -11,4 +11,5 @@ mod friends;
 mod group_messages;
 mod groups;
 mod messages;
+mod mqtt_hooks;
 mod presence;

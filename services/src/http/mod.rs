@@ -13,6 +13,7 @@ pub mod files;
 pub mod friends;
 pub mod groups;
 pub mod messages;
+pub mod mqtt_hooks;
 pub mod ops;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -55,6 +56,18 @@ impl Modify for BearerAuth {
                         .build(),
                 ),
             );
+            c.add_security_scheme(
+                "mqtt_hooks",
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .description(Some(
+                            "the mqtt_hooks.secret of the server configuration; with none \
+                             set, only loopback callers are answered",
+                        ))
+                        .build(),
+                ),
+            );
         }
     }
 }
@@ -76,6 +89,7 @@ pub fn app(state: AppState) -> Router {
     let (api, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", api())
         .nest("/admin/v1", admin::router())
+        .merge(mqtt_hooks::router())
         .split_for_parts();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
     let doc = std::sync::Arc::new(doc);
