@@ -214,3 +214,87 @@ fn mqim_proto_now() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+/// Sends one group frame from `cl` and returns the code of the error it got, or `None`
+/// for an ack.
+async fn send_outcome(cl: &mut MqttClient, uid: i64, gid: i64, cmid: &str) -> Option<String> {
+    cl.send_frame(uid, Format::Json, &gsend(cmid, gid, "hello"))
+        .await;
+    let (_, f) = cl
+        .recv_frame_where(|f| match f {
+            ServerFrame::Ack { client_msg_id, .. } => client_msg_id == cmid,
+            ServerFrame::Error { client_msg_id, .. } => client_msg_id.as_deref() == Some(cmid),
+            _ => false,
+        })
+        .await;
+    match f {
+        ServerFrame::Error { code, .. } => Some(code),
+        _ => None,
+    }
+}
+
+/// Mutes are checked in memory on the send path: they must hold across a restart (the
+/// graph is rebuilt from the database), end when they expire, and end with the
+/// membership (a kicked member who is added again is not muted).
+#[tokio::test]
+async fn mutes_hold_across_restarts_expire_and_end_with_the_membership() {
+    let mut s = start_server_with(&[("MQIM_MESSAGES__RATE_BURST", "1000")]).await;
+    let owner = s.register("olga").await;
+    let c = s.register("cleo").await;
+    let gid = group_with(&s, &owner, &[&c]).await;
+    let member = format!("/api/v1/groups/{gid}/members/{}", c.id);
+    let r = s
+        .http
+        .patch(
+            &member,
+            &owner.token,
+            json!({"muted_until": mqim_proto_now() + 3_600_000}),
+        )
+        .await;
+    assert_eq!(r.0, 200, "{}", r.1);
+
+    s.restart().await;
+    let inbox = [format!("im/u/{}/in/json", c.id)];
+    let mut cc = subscribed(&s, &c, "a", &inbox).await;
+    assert_eq!(
+        send_outcome(&mut cc, c.id, gid, "after-restart")
+            .await
+            .as_deref(),
+        Some("muted")
+    );
+
+    // Kicked and added again: a new membership, without the old mute.
+    let r = s.http.delete(&member, &owner.token).await;
+    assert_eq!(r.0, 204, "{}", r.1);
+    assert_eq!(
+        send_outcome(&mut cc, c.id, gid, "kicked").await.as_deref(),
+        Some("not_member")
+    );
+    let r = s
+        .http
+        .post(
+            &format!("/api/v1/groups/{gid}/members"),
+            &owner.token,
+            json!({"user_id": c.id}),
+        )
+        .await;
+    assert_eq!(r.0, 201, "{}", r.1);
+    assert_eq!(send_outcome(&mut cc, c.id, gid, "back").await, None);
+
+    // A short mute ends by itself.
+    let r = s
+        .http
+        .patch(
+            &member,
+            &owner.token,
+            json!({"muted_until": mqim_proto_now() + 1_500}),
+        )
+        .await;
+    assert_eq!(r.0, 200, "{}", r.1);
+    assert_eq!(
+        send_outcome(&mut cc, c.id, gid, "short").await.as_deref(),
+        Some("muted")
+    );
+    tokio::time::sleep(Duration::from_millis(1_700)).await;
+    assert_eq!(send_outcome(&mut cc, c.id, gid, "later").await, None);
+}

@@ -214,7 +214,20 @@ impl Messaging {
     }
 
     /// Group: the sender is a member and not muted.
+    ///
+    /// Members are checked in memory (the graph holds memberships and mutes, updated
+    /// after each change commits); only a sender the graph does not list as a member
+    /// is looked up in the database, to tell `not_member` from `group_not_found` (and
+    /// to admit a join whose commit the graph has not caught up with yet).
     async fn check_group_sender(&self, sender: i64, gid: i64) -> ApiResult<()> {
+        if mqim_broker::AccessGraph::is_member(self.graph.as_ref(), sender, gid) {
+            return match self.graph.muted_until(gid, sender) {
+                Some(t) if t > now_ms() => {
+                    Err(ApiError::forbidden("muted", "you are muted in this group"))
+                }
+                _ => Ok(()),
+            };
+        }
         let row = sqlx::query(
             "SELECT m.muted_until FROM group_members m JOIN chat_groups g ON g.id = m.group_id \
              WHERE m.group_id = $1 AND m.user_id = $2 AND g.dissolved_at IS NULL",

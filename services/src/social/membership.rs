@@ -437,6 +437,9 @@ pub async fn update_member(
         members.push(load_member(&mut tx, gid, *u).await?);
     }
     tx.commit().await?;
+    if let Some(until) = muted_until {
+        st.graph.set_muted(gid, uid, until);
+    }
     for m in &members {
         group_event(
             st,
