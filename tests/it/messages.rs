@@ -863,3 +863,85 @@ async fn a_lone_sending_device_is_not_sent_its_own_messages_later() {
         );
     }
 }
+
+/// Frames that wait on the database (`sync` here) run beside the message path: a user
+/// flooding the server with them does not hold up a message someone else sends
+/// meanwhile, and what is over its share is refused with `rate_limited`, never
+/// dropped silently.
+#[tokio::test]
+async fn a_flood_of_sync_frames_does_not_hold_up_other_users_messages() {
+    let s = start_server_with(&[
+        ("MQIM_MESSAGES__RATE_BURST", "1000"),
+        ("MQIM_MESSAGES__RATE_PER_SEC", "1000"),
+    ])
+    .await;
+    let a = s.register("alice").await;
+    let b = s.register("bob").await;
+    s.befriend(&a, &b).await;
+    let mut ca = inbox_client(&s, &a, "phone", "json").await;
+    // History to make each sync do real work: 500 messages.
+    const HISTORY: usize = 500;
+    for i in 0..HISTORY {
+        ca.send_frame(a.id, Format::Json, &text(&format!("h{i}"), b.id, "history"))
+            .await;
+    }
+    let mut cid = String::new();
+    for _ in 0..HISTORY {
+        let (_, f) = ca.recv_frame_where(is_ack).await;
+        if let ServerFrame::Ack {
+            conversation_id, ..
+        } = f
+        {
+            cid = conversation_id;
+        }
+    }
+
+    const SYNCS: usize = 200;
+    let sync = ClientFrame::Sync {
+        conversation_id: Some(cid.clone()),
+        after_seq: Some(0),
+        limit: Some(500),
+    };
+    for _ in 0..SYNCS {
+        ca.send_frame(a.id, Format::Json, &sync).await;
+    }
+    let answered = |f: &ServerFrame| {
+        matches!(f, ServerFrame::SyncResult { .. })
+            || matches!(f, ServerFrame::Error { code, .. } if code == "rate_limited")
+    };
+    // The flood is being worked on; now somebody else sends alice a message.
+    let (_, first) = ca.recv_frame_where(answered).await;
+    let mut results = usize::from(matches!(first, ServerFrame::SyncResult { .. }));
+    let mut refused = 1 - results;
+    let cb = inbox_client(&s, &b, "phone", "json").await;
+    cb.send_frame(b.id, Format::Json, &text("hello", a.id, "are you there?"))
+        .await;
+    let mut before_message = None;
+    while results + refused < SYNCS || before_message.is_none() {
+        let (_, f) = ca
+            .recv_frame_where(|f| {
+                answered(f) || matches!(f, ServerFrame::Message(m) if m.from == b.id)
+            })
+            .await;
+        match f {
+            ServerFrame::SyncResult { messages, .. } => {
+                assert_eq!(messages.len(), HISTORY);
+                results += 1;
+            }
+            ServerFrame::Error { .. } => refused += 1,
+            ServerFrame::Message(m) => {
+                assert_eq!(m.content, "are you there?");
+                before_message = Some(results);
+            }
+            _ => unreachable!(),
+        }
+    }
+    let before_message = before_message.unwrap_or(results);
+    assert_eq!(results + refused, SYNCS, "every sync answered or refused");
+    assert!(
+        before_message < results,
+        "bob's message waited behind all {results} sync results"
+    );
+    assert!(refused > 0, "a flood of {SYNCS} was not limited");
+    ca.expect_nothing(Duration::from_millis(300)).await;
+}

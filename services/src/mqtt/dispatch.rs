@@ -5,12 +5,25 @@
 //! Every frame is decoded and validated; a bad one gets an `error` frame (code
 //! `bad_frame`, or the rule that refused it) on the sender's inbox and nothing else
 //! happens: the connection stays open and no other client is affected.
+//!
+//! Sends, pings, typing and one-to-one `delivered` receipts are handled right here, one
+//! after another: they need only memory (and the writer's queue), so every user's
+//! sends keep their order and nobody waits on a database. Frames that do wait on the
+//! database — `sync`, `recall`, `read` receipts and receipts of group conversations —
+//! go to one of a few [`Lanes`] instead, chosen by user, so that one user's stream of
+//! them keeps its order but cannot hold up everybody else's messages behind it (a
+//! client sending hundreds of `sync` frames once delayed every send on the server by
+//! their total time). A user may have [`PER_USER_QUEUED`] of them waiting; more are
+//! refused with `rate_limited`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use mqim_broker::{Connection, Grant};
 use mqim_proto::{
     decode_client, peek_client_msg_id, ClientFrame, ConversationId, ReceiptKind, ServerFrame,
 };
-use std::sync::Arc;
+use parking_lot::Mutex;
 
 use tokio::sync::mpsc;
 
@@ -21,8 +34,92 @@ use crate::messaging::{store, SendRequest};
 use crate::metrics::Metrics;
 use crate::state::AppState;
 
+/// Lanes for frames that wait on the database.
+pub const LANES: usize = 4;
+/// Database-bound frames one user may have waiting or running at once.
+pub const PER_USER_QUEUED: usize = 32;
+
+/// A frame handed to a lane.
+struct Slow {
+    conn: Arc<Connection>,
+    uid: i64,
+    frame: ClientFrame,
+}
+
+/// The lanes of database-bound frames (see the module docs): each runs its frames one
+/// after another; a user's frames always go to the same lane.
+struct Lanes {
+    lanes: Vec<mpsc::Sender<Slow>>,
+    /// Frames of each user waiting or running in a lane.
+    queued: Arc<Mutex<HashMap<i64, usize>>>,
+}
+
+impl Lanes {
+    fn start(state: &AppState) -> Lanes {
+        let queued: Arc<Mutex<HashMap<i64, usize>>> = Arc::default();
+        let lanes = (0..LANES)
+            .map(|_| {
+                let (tx, mut rx) = mpsc::channel::<Slow>(PER_USER_QUEUED * 8);
+                let state = state.clone();
+                let queued = queued.clone();
+                tokio::spawn(async move {
+                    while let Some(Slow { conn, uid, frame }) = rx.recv().await {
+                        if let Err(e) = handle(&state, &conn, uid, frame).await {
+                            state
+                                .push
+                                .to_user(uid, &ServerFrame::error(None, e.code, e.message));
+                        }
+                        let mut q = queued.lock();
+                        if let Some(n) = q.get_mut(&uid) {
+                            *n -= 1;
+                            if *n == 0 {
+                                q.remove(&uid);
+                            }
+                        }
+                    }
+                });
+                tx
+            })
+            .collect();
+        Lanes { lanes, queued }
+    }
+
+    /// Queues `frame` in the user's lane; `false` when the user has too many waiting
+    /// (or the lane is full).
+    fn offer(&self, conn: Arc<Connection>, uid: i64, frame: ClientFrame) -> bool {
+        let mut q = self.queued.lock();
+        let n = q.entry(uid).or_insert(0);
+        if *n >= PER_USER_QUEUED {
+            return false;
+        }
+        let lane = &self.lanes[uid.unsigned_abs() as usize % LANES];
+        if lane.try_send(Slow { conn, uid, frame }).is_err() {
+            if *n == 0 {
+                q.remove(&uid);
+            }
+            return false;
+        }
+        *n += 1;
+        true
+    }
+}
+
+/// Whether handling `frame` waits on the database (so it goes to a lane).
+fn waits_on_database(frame: &ClientFrame) -> bool {
+    match frame {
+        ClientFrame::Sync { .. } | ClientFrame::Recall { .. } => true,
+        ClientFrame::Receipt {
+            kind,
+            conversation_id,
+            ..
+        } => *kind == ReceiptKind::Read || conversation_id.starts_with("g:"),
+        ClientFrame::Send { .. } | ClientFrame::Typing { .. } | ClientFrame::Ping {} => false,
+    }
+}
+
 /// Runs until the inbound channel closes.
 pub async fn run(state: AppState, mut rx: mpsc::UnboundedReceiver<Inbound>) {
+    let lanes = Lanes::start(&state);
     while let Some(ev) = rx.recv().await {
         match ev {
             Inbound::Frame { conn, fmt, payload } => {
@@ -39,6 +136,19 @@ pub async fn run(state: AppState, mut rx: mpsc::UnboundedReceiver<Inbound>) {
                         }
                     };
                 Metrics::inc(&state.metrics.frames_in, frame.kind());
+                if waits_on_database(&frame) {
+                    if !lanes.offer(conn, uid, frame) {
+                        state.push.to_user(
+                            uid,
+                            &ServerFrame::error(
+                                None,
+                                "rate_limited",
+                                "too many sync, recall and receipt frames waiting; slow down",
+                            ),
+                        );
+                    }
+                    continue;
+                }
                 let id = frame.client_msg_id().map(str::to_owned);
                 if let Err(e) = handle(&state, &conn, uid, frame).await {
                     state
