@@ -69,6 +69,10 @@ pub async fn serve(
     }
 
     let push = Push::new(broker.publisher(), inbox_formats);
+    let files = Arc::new(
+        crate::files::FileStore::open(&config.data_dir, config.files.clone())
+            .context("opening the file store under data_dir")?,
+    );
     let service_rt = ServiceRuntime::start().context("starting the service thread")?;
     // The writer, its publisher and the cursor writer are spawned on the service thread.
     let messaging = {
@@ -78,6 +82,7 @@ pub async fn serve(
             graph.clone(),
             push.clone(),
             broker.registry().clone(),
+            files.clone(),
             config.messages.clone(),
         )
     };
@@ -99,10 +104,7 @@ pub async fn serve(
         graph,
         push,
         messaging,
-        files: Arc::new(
-            crate::files::FileStore::open(&config.data_dir, config.files.clone())
-                .context("opening the file store under data_dir")?,
-        ),
+        files,
         presence,
         closer: broker.closer(),
         connections: broker.registry().clone(),

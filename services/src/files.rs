@@ -116,7 +116,13 @@ pub struct FileStore {
     tmp: PathBuf,
     cfg: FilesConfig,
     secret: Vec<u8>,
+    /// Hashes known to be stored (see [`FileStore::check_reference`]).
+    known: parking_lot::RwLock<std::collections::HashSet<[u8; 32]>>,
 }
+
+/// Most hashes [`FileStore`] remembers as stored; past it, further ones cost a query per
+/// reference (~48 MB of set at the limit).
+pub const KNOWN_FILES_MAX: usize = 1_000_000;
 
 impl std::fmt::Debug for FileStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -150,12 +156,63 @@ impl FileStore {
             tmp,
             cfg,
             secret,
+            known: parking_lot::RwLock::default(),
         })
     }
 
     /// Settings.
     pub fn config(&self) -> &FilesConfig {
         &self.cfg
+    }
+
+    /// Checks that a media message's `content` refers to an uploaded file.
+    ///
+    /// The frame dispatcher waits for this check, so a database round trip per media
+    /// send would hold up every other user's messages behind it (as group sends did
+    /// before BENCHMARKS.md's fix 25). Hashes uploaded through this process, or found
+    /// in the database once, are answered from memory. Files are never deleted, so such
+    /// an entry cannot go stale (a deletion, if one is ever added, must forget it here);
+    /// anything else asks the database, which also finds files another instance stored.
+    ///
+    /// # Errors
+    /// `file_not_found` (422) when it names no stored file; database failures.
+    pub async fn check_reference(&self, db: &Db, content: &str) -> Result<(), ApiError> {
+        let Some(sha) = referenced_sha(content) else {
+            return Err(ApiError::invalid(
+                "file_not_found",
+                "media content must be the sha256 or /api/v1/files/<sha256> URL of an uploaded file",
+            ));
+        };
+        if self.knows(sha) {
+            return Ok(());
+        }
+        match lookup(db, sha).await? {
+            Some(_) => {
+                self.remember(sha);
+                Ok(())
+            }
+            None => Err(ApiError::invalid(
+                "file_not_found",
+                "no uploaded file has this sha256",
+            )),
+        }
+    }
+
+    /// Whether `sha` (lowercase hex) is known to be stored.
+    fn knows(&self, sha: &str) -> bool {
+        let mut key = [0u8; 32];
+        hex::decode_to_slice(sha, &mut key).is_ok() && self.known.read().contains(&key)
+    }
+
+    /// Remembers that `sha` is stored (up to [`KNOWN_FILES_MAX`] hashes).
+    fn remember(&self, sha: &str) {
+        let mut key = [0u8; 32];
+        if hex::decode_to_slice(sha, &mut key).is_ok() {
+            let mut known = self.known.write();
+            if known.len() < KNOWN_FILES_MAX {
+                known.insert(key);
+            }
+        }
     }
 
     /// Where the content with hash `sha` (see [`is_sha256`]) lives, whether or not it
@@ -263,6 +320,7 @@ impl FileStore {
         .bind(crate::now_ms())
         .execute(&db.pool)
         .await?;
+        self.remember(&sha);
         Ok(lookup(db, &sha).await?.unwrap_or(FileMeta {
             sha256: sha,
             size,
@@ -348,26 +406,6 @@ pub fn referenced_sha(content: &str) -> Option<&str> {
     let at = path.rfind(URL_PREFIX)?;
     let sha = &path[at + URL_PREFIX.len()..];
     is_sha256(sha).then_some(sha)
-}
-
-/// Checks that a media message's `content` refers to an uploaded file.
-///
-/// # Errors
-/// `file_not_found` (422) when it names no stored file; database failures.
-pub async fn check_reference(db: &Db, content: &str) -> Result<(), ApiError> {
-    let Some(sha) = referenced_sha(content) else {
-        return Err(ApiError::invalid(
-            "file_not_found",
-            "media content must be the sha256 or /api/v1/files/<sha256> URL of an uploaded file",
-        ));
-    };
-    match lookup(db, sha).await? {
-        Some(_) => Ok(()),
-        None => Err(ApiError::invalid(
-            "file_not_found",
-            "no uploaded file has this sha256",
-        )),
-    }
 }
 
 /// The type of content starting with `head`: its magic number, else `text/plain` for
@@ -575,6 +613,29 @@ pub fn parse_range(header: Option<&str>, size: u64) -> RangeRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remembers_stored_hashes_by_value() {
+        let dir = std::env::temp_dir().join(format!(
+            "mqim-files-known-{}-{}",
+            std::process::id(),
+            crate::now_ms()
+        ));
+        let cfg = crate::config::Config::load(None).expect("defaults").files;
+        let store = FileStore::open(&dir, cfg).expect("open");
+        let sha = "ab".repeat(32);
+        assert!(!store.knows(&sha));
+        store.remember(&sha);
+        assert!(store.knows(&sha));
+        assert!(!store.knows(&"cd".repeat(32)));
+        // Not hex, or not 32 bytes: never remembered, never known.
+        for bad in ["xy".repeat(32), "ab".repeat(31), String::new()] {
+            store.remember(&bad);
+            assert!(!store.knows(&bad), "{bad}");
+        }
+        assert_eq!(store.known.read().len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn ranges() {

@@ -489,7 +489,7 @@ fn media(cmid: &str, to: i64, msg_type: MsgType, content: &str) -> ClientFrame {
 
 #[tokio::test]
 async fn media_messages_must_refer_to_an_uploaded_file() {
-    let s = start_server().await;
+    let mut s = start_server().await;
     let a = s.register("alice").await;
     let b = s.register("bob").await;
     s.befriend(&a, &b).await;
@@ -558,6 +558,48 @@ async fn media_messages_must_refer_to_an_uploaded_file() {
         )
         .await;
     assert_error(&r, 422, "file_not_found");
+
+    // After a restart (nothing remembered in memory) a file stored before is still
+    // found, twice over; a missing one is still refused.
+    let sha = sha.to_owned();
+    drop(c);
+    s.restart().await;
+    let mut c = s.mqtt(&a, Some("phone")).await;
+    assert_eq!(
+        c.subscribe_ok(&[&format!("im/u/{}/in/json", a.id)]).await,
+        [true]
+    );
+    for (cmid, content, ok) in [
+        ("again-1", sha.as_str(), true),
+        ("again-2", sha.as_str(), true),
+        ("again-3", missing.as_str(), false),
+    ] {
+        c.send_frame(
+            a.id,
+            Format::Json,
+            &media(cmid, b.id, MsgType::Image, content),
+        )
+        .await;
+        let (_, f) = c
+            .recv_frame_where(|f| matches!(f, ServerFrame::Ack { .. } | ServerFrame::Error { .. }))
+            .await;
+        match f {
+            ServerFrame::Ack { client_msg_id, .. } => {
+                assert!(ok, "{cmid} acked");
+                assert_eq!(client_msg_id, cmid);
+            }
+            ServerFrame::Error {
+                code,
+                client_msg_id,
+                ..
+            } => {
+                assert!(!ok, "{cmid}: {code}");
+                assert_eq!(code, "file_not_found");
+                assert_eq!(client_msg_id.as_deref(), Some(cmid));
+            }
+            f => panic!("{f:?}"),
+        }
+    }
 }
 
 #[tokio::test]

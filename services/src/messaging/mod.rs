@@ -72,6 +72,8 @@ pub struct Messaging {
     cfg: MessagesConfig,
     jobs: mpsc::Sender<Job>,
     buckets: Mutex<HashMap<i64, Bucket>>,
+    /// Uploaded files, which media messages must refer to.
+    files: Arc<crate::files::FileStore>,
     /// Offline delivery and device cursors.
     pub delivery: Arc<delivery::Delivery>,
 }
@@ -83,6 +85,7 @@ impl Messaging {
         graph: Arc<SocialGraph>,
         push: Push,
         connections: Arc<Registry>,
+        files: Arc<crate::files::FileStore>,
         cfg: MessagesConfig,
     ) -> Arc<Messaging> {
         let (jobs, rx) = mpsc::channel(cfg.batch_max * 8);
@@ -101,6 +104,7 @@ impl Messaging {
             cfg,
             jobs,
             buckets: Mutex::new(HashMap::new()),
+            files,
             delivery,
         })
     }
@@ -153,7 +157,7 @@ impl Messaging {
             r.msg_type,
             MsgType::Image | MsgType::Voice | MsgType::Video | MsgType::File
         ) {
-            crate::files::check_reference(&self.db, &r.content).await?;
+            self.files.check_reference(&self.db, &r.content).await?;
         }
         let conv = match (r.to_user, r.to_group) {
             (Some(to), None) => {
