@@ -492,3 +492,107 @@ async fn the_friend_limit_is_enforced_on_both_sides() {
     assert_eq!(r.0, 200, "{}", r.1);
     assert_eq!(ids(&h.get("/api/v1/friends", &a.token).await.1), [c.id]);
 }
+
+#[tokio::test]
+async fn the_sender_cancels_a_pending_request_and_may_ask_again() {
+    let s = start_server().await;
+    let h = &s.http;
+    let (a, b, c) = (
+        s.register("alice").await,
+        s.register("bob").await,
+        s.register("carol").await,
+    );
+    let mut cb = inbox(&s, &b, "json").await;
+    let r = h
+        .post(
+            "/api/v1/friends/requests",
+            &a.token,
+            json!({"user_id": b.id}),
+        )
+        .await;
+    assert_eq!(r.0, 201, "{}", r.1);
+    let rid = r.1["id"].as_i64().unwrap();
+    event(&mut cb, "FRIEND_INVITE").await;
+    let cancel = format!("/api/v1/friends/requests/{rid}/cancel");
+
+    // Only the sender cancels; a stranger does not learn the request exists.
+    assert_error(
+        &h.post(&cancel, &b.token, json!({})).await,
+        403,
+        "not_sender",
+    );
+    assert_error(
+        &h.post(&cancel, &c.token, json!({})).await,
+        404,
+        "request_not_found",
+    );
+    assert_error(
+        &h.post(
+            "/api/v1/friends/requests/999999/cancel",
+            &a.token,
+            json!({}),
+        )
+        .await,
+        404,
+        "request_not_found",
+    );
+
+    let r = h.post(&cancel, &a.token, json!({})).await;
+    assert_eq!(r.0, 200, "{}", r.1);
+    assert_eq!(r.1["state"], "canceled");
+    assert_eq!(r.1["direction"], "outgoing");
+    let ev = event(&mut cb, "FRIEND_CANCEL").await;
+    assert_eq!(ev["request_id"], rid);
+    assert_eq!(ev["by"]["id"], a.id);
+
+    // It is over: neither a second cancel nor an answer.
+    let accept = format!("/api/v1/friends/requests/{rid}/accept");
+    assert_error(
+        &h.post(&cancel, &a.token, json!({})).await,
+        409,
+        "request_not_pending",
+    );
+    assert_error(
+        &h.post(&accept, &b.token, json!({})).await,
+        409,
+        "request_not_pending",
+    );
+    let r = h
+        .get("/api/v1/friends/requests?state=canceled", &b.token)
+        .await;
+    assert_eq!(ids(&r.1), [rid]);
+    assert!(ids(&h.get("/api/v1/friends", &a.token).await.1).is_empty());
+
+    // Alice may ask again, and this time Bob accepts.
+    let r = h
+        .post(
+            "/api/v1/friends/requests",
+            &a.token,
+            json!({"user_id": b.id}),
+        )
+        .await;
+    assert_eq!(r.0, 201, "{}", r.1);
+    assert_eq!(r.1["state"], "pending");
+    let again = r.1["id"].as_i64().unwrap();
+    assert_ne!(again, rid);
+    let r = h
+        .post(
+            &format!("/api/v1/friends/requests/{again}/accept"),
+            &b.token,
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.0, 200, "{}", r.1);
+    assert_eq!(ids(&h.get("/api/v1/friends", &a.token).await.1), [b.id]);
+    // An accepted request cannot be canceled.
+    assert_error(
+        &h.post(
+            &format!("/api/v1/friends/requests/{again}/cancel"),
+            &a.token,
+            json!({}),
+        )
+        .await,
+        409,
+        "request_not_pending",
+    );
+}

@@ -21,6 +21,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(send_request, list_requests))
         .routes(routes!(accept_request))
         .routes(routes!(reject_request))
+        .routes(routes!(cancel_request))
         .routes(routes!(list_blocks))
         .routes(routes!(block, unblock))
 }
@@ -137,6 +138,22 @@ async fn reject_request(
 ) -> ApiResult<axum::Json<FriendRequest>> {
     Ok(axum::Json(
         friends::reject_request(&st, me.user_id, id).await?,
+    ))
+}
+
+/// POST /api/v1/friends/requests/{id}/cancel — withdraw a request the caller sent (while
+/// pending); the recipient gets FRIEND_CANCEL.
+#[utoipa::path(post, path = "/friends/requests/{id}/cancel", tag = "friends", security(("bearer" = [])),
+    params(("id" = i64, Path, description = "Request id")),
+    responses((status = 200, body = FriendRequest), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
+async fn cancel_request(
+    State(st): State<AppState>,
+    Auth(me): Auth,
+    Path(id): Path<i64>,
+) -> ApiResult<axum::Json<FriendRequest>> {
+    Ok(axum::Json(
+        friends::cancel_request(&st, me.user_id, id).await?,
     ))
 }
 

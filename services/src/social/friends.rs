@@ -188,6 +188,15 @@ pub async fn require_friend_capacity(tx: &mut Tx, uid: i64, max: i64, me: i64) -
     ))
 }
 
+/// Which party of a friend request acts on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Party {
+    /// Accepts or rejects it.
+    Recipient,
+    /// Cancels it.
+    Sender,
+}
+
 /// Rule: only the recipient of a request answers it, and only while pending.
 /// Returns `(from, to)`.
 ///
@@ -195,6 +204,20 @@ pub async fn require_friend_capacity(tx: &mut Tx, uid: i64, max: i64, me: i64) -
 /// 404 `request_not_found` unless the caller is a party; 403 `not_recipient` for the
 /// sender; 409 `request_not_pending` for an answered request.
 pub async fn require_recipient(tx: &mut Tx, rid: i64, me: i64) -> ApiResult<(i64, i64)> {
+    require_party(tx, rid, me, Party::Recipient).await
+}
+
+/// Rule: only the sender of a request cancels it, and only while pending.
+/// Returns `(from, to)`.
+///
+/// # Errors
+/// 404 `request_not_found` unless the caller is a party; 403 `not_sender` for the
+/// recipient; 409 `request_not_pending` for an answered request.
+pub async fn require_sender(tx: &mut Tx, rid: i64, me: i64) -> ApiResult<(i64, i64)> {
+    require_party(tx, rid, me, Party::Sender).await
+}
+
+async fn require_party(tx: &mut Tx, rid: i64, me: i64, who: Party) -> ApiResult<(i64, i64)> {
     let row = sqlx::query("SELECT from_id, to_id, state FROM friend_requests WHERE id = $1")
         .bind(rid)
         .fetch_optional(&mut **tx)
@@ -206,14 +229,23 @@ pub async fn require_recipient(tx: &mut Tx, rid: i64, me: i64) -> ApiResult<(i64
         row.try_get("to_id")?,
         row.try_get("state")?,
     );
-    if from == me {
-        return Err(ApiError::forbidden(
-            "not_recipient",
-            "only the recipient answers a friend request",
-        ));
-    }
-    if to != me {
+    if from != me && to != me {
         return Err(not_found());
+    }
+    match who {
+        Party::Recipient if to != me => {
+            return Err(ApiError::forbidden(
+                "not_recipient",
+                "only the recipient answers a friend request",
+            ))
+        }
+        Party::Sender if from != me => {
+            return Err(ApiError::forbidden(
+                "not_sender",
+                "only the sender cancels a friend request",
+            ))
+        }
+        _ => {}
     }
     if state != RequestState::Pending.as_str() {
         return Err(not_pending());
@@ -404,6 +436,35 @@ pub async fn reject_request(st: &AppState, me: i64, rid: i64) -> ApiResult<Frien
         &[from],
         "FRIEND_REJECT",
         json!({"request_id": rid, "by": req.to, "at": req.updated_at}),
+    );
+    Ok(req)
+}
+
+/// Cancels request `rid` sent by `me`; the recipient gets FRIEND_CANCEL. The sender may
+/// ask again afterwards.
+///
+/// # Errors
+/// See [`require_sender`].
+pub async fn cancel_request(st: &AppState, me: i64, rid: i64) -> ApiResult<FriendRequest> {
+    let mut tx = st.db.begin_write().await?;
+    let (_, to) = require_sender(&mut tx, rid, me).await?;
+    let done = sqlx::query(
+        "UPDATE friend_requests SET state = 'canceled', updated_at = $1 \
+         WHERE id = $2 AND state = 'pending'",
+    )
+    .bind(now_ms())
+    .bind(rid)
+    .execute(&mut *tx)
+    .await?;
+    if done.rows_affected() != 1 {
+        return Err(not_pending());
+    }
+    let req = load_request(&mut tx, rid, me).await?;
+    tx.commit().await?;
+    st.push.event(
+        &[to],
+        "FRIEND_CANCEL",
+        json!({"request_id": rid, "by": req.from, "at": req.updated_at}),
     );
     Ok(req)
 }
