@@ -17,7 +17,10 @@
 //! refused with `rate_limited`.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+
+use futures::FutureExt;
 
 use mqim_broker::{Connection, Grant};
 use mqim_proto::{
@@ -64,10 +67,17 @@ impl Lanes {
                 let queued = queued.clone();
                 tokio::spawn(async move {
                     while let Some(Slow { conn, uid, frame }) = rx.recv().await {
-                        if let Err(e) = handle(&state, &conn, uid, frame).await {
-                            state
+                        // A panic in one frame's handling must not end the lane (and
+                        // leave its users' counts up for good).
+                        let handled = AssertUnwindSafe(handle(&state, &conn, uid, frame))
+                            .catch_unwind()
+                            .await;
+                        match handled {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => state
                                 .push
-                                .to_user(uid, &ServerFrame::error(None, e.code, e.message));
+                                .to_user(uid, &ServerFrame::error(None, e.code, e.message)),
+                            Err(_) => tracing::error!(uid, "handling a frame panicked"),
                         }
                         let mut q = queued.lock();
                         if let Some(n) = q.get_mut(&uid) {
