@@ -358,3 +358,53 @@ async fn a_silent_device_goes_offline_after_its_keep_alive() {
     assert_eq!(p["online"], false);
     drop(sock);
 }
+
+/// Device records of connects and disconnects are written in batches: many devices
+/// coming and going at once (and the same device twice in a batch) all end up recorded,
+/// offline, with a last-seen time no earlier than their first, and survive a restart.
+#[tokio::test]
+async fn many_devices_at_once_are_all_recorded() {
+    let mut s = start_server().await;
+    let a = s.register("alice").await;
+    const N: usize = 40;
+    let t0 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let clients = futures::future::join_all((0..N).map(|i| {
+        let s = &s;
+        let a = &a;
+        async move { s.mqtt(a, Some(&format!("d{i}"))).await }
+    }))
+    .await;
+    for c in clients {
+        c.disconnect().await;
+    }
+    // d0 again, at once: connect and disconnect may share a batch with the ones above.
+    s.mqtt(&a, Some("d0")).await.disconnect().await;
+
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let check = |list: &Vec<Value>| {
+        list.len() == N
+            && list.iter().all(|d| {
+                d["online"] == false
+                    && d["first_seen"].as_i64().unwrap_or(0) >= t0
+                    && d["last_seen"].as_i64().unwrap_or(0)
+                        >= d["first_seen"].as_i64().unwrap_or(i64::MAX)
+            })
+    };
+    loop {
+        let r = s.http.get("/api/v1/me/devices", &a.token).await;
+        assert_eq!(r.0, 200, "{}", r.1);
+        let list = r.1.as_array().unwrap().clone();
+        if check(&list) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "devices: {list:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.restart().await;
+    let r = s.http.get("/api/v1/me/devices", &a.token).await;
+    let list = r.1.as_array().unwrap().clone();
+    assert!(check(&list), "after restart: {list:?}");
+}

@@ -583,8 +583,9 @@ async fn store_steps(
 /// upsert: two placeholders (the conversation, the offset `j - n + 1`).
 const SEQ_OF_PLACE: &str = "(SELECT last_seq FROM conversations WHERE id = {}) + {}";
 
-/// `($1, $2, …), ($k+1, …), …`: `rows` tuples of `cols` PostgreSQL placeholders (only
-/// PostgreSQL writes batches through the pool; SQLite's go to its writer thread).
+/// `($1, $2, …), ($k+1, …), …`: `rows` tuples of `cols` placeholders (message batches
+/// use it on PostgreSQL only — SQLite's go to its writer thread — device batches on
+/// both).
 /// `exprs` replaces, in each tuple, the value at a column index with an expression
 /// template whose `{}` are placeholders (consuming that many of the `cols`).
 fn placeholders(rows: usize, cols: usize, exprs: &[(usize, &str)]) -> String {
@@ -824,17 +825,30 @@ pub async fn touch_device(db: &Db, uid: i64, client_id: &str) -> Result<(), sqlx
     Ok(())
 }
 
-/// Records that a device was last seen now.
+/// Records devices as seen at the given times (unix ms), in one statement: new ones with
+/// that time as first and last seen, known ones with a later last seen (never an
+/// earlier one: batches of different writers may land in any order). At most one entry
+/// per device (PostgreSQL refuses to update a row twice in one statement), and few
+/// enough for the placeholder limits (4 per entry).
 ///
 /// # Errors
 /// Database errors.
-pub async fn device_seen(db: &Db, uid: i64, client_id: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE devices SET last_seen = $1 WHERE user_id = $2 AND client_id = $3")
-        .bind(now_ms())
-        .bind(uid)
-        .bind(client_id)
-        .execute(&db.pool)
-        .await?;
+pub async fn touch_devices(db: &Db, seen: &[(i64, String, i64)]) -> Result<(), sqlx::Error> {
+    if seen.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "INSERT INTO devices (user_id, client_id, first_seen, last_seen) VALUES {} \
+         ON CONFLICT (user_id, client_id) DO UPDATE SET last_seen = \
+         CASE WHEN excluded.last_seen > devices.last_seen THEN excluded.last_seen \
+         ELSE devices.last_seen END",
+        placeholders(seen.len(), 4, &[])
+    );
+    let mut q = sqlx::query(&sql);
+    for (uid, client, at) in seen {
+        q = q.bind(*uid).bind(client.as_str()).bind(*at).bind(*at);
+    }
+    q.execute(&db.pool).await?;
     Ok(())
 }
 

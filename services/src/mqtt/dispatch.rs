@@ -114,6 +114,55 @@ impl Lanes {
     }
 }
 
+/// Most devices in one [`DeviceLog`] statement.
+pub const DEVICE_BATCH: usize = 1000;
+
+/// Device records (`first_seen`, `last_seen`) of connects and disconnects, written in
+/// batches: one upsert per batch instead of one statement — a round trip to a pool
+/// worker thread — per connect and per disconnect, which was half the database work of
+/// a connect storm (BENCHMARKS.md, "Connect storm"). A batch is whatever queued while
+/// the previous one was written. Devices are never deleted, so a late batch cannot
+/// bring one back; `GET /me/devices` lists live connections not yet recorded. What is
+/// queued at a shutdown is lost: a last-seen time a moment too early.
+struct DeviceLog {
+    tx: mpsc::UnboundedSender<(i64, String, i64)>,
+}
+
+impl DeviceLog {
+    fn start(db: crate::db::Db) -> DeviceLog {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(i64, String, i64)>();
+        tokio::spawn(async move {
+            let mut batch: HashMap<(i64, String), i64> = HashMap::new();
+            fn add(batch: &mut HashMap<(i64, String), i64>, (uid, client, at): (i64, String, i64)) {
+                let e = batch.entry((uid, client)).or_insert(at);
+                *e = (*e).max(at);
+            }
+            while let Some(first) = rx.recv().await {
+                add(&mut batch, first);
+                while batch.len() < DEVICE_BATCH {
+                    match rx.try_recv() {
+                        Ok(entry) => add(&mut batch, entry),
+                        Err(_) => break,
+                    }
+                }
+                let rows: Vec<(i64, String, i64)> =
+                    batch.drain().map(|((u, c), at)| (u, c, at)).collect();
+                if let Err(e) = store::touch_devices(&db, &rows).await {
+                    tracing::warn!(error = %e, n = rows.len(), "recording devices failed");
+                }
+            }
+        });
+        DeviceLog { tx }
+    }
+
+    /// Device `client_id` of `uid` was seen now (connected or disconnected).
+    fn seen(&self, uid: i64, client_id: &str) {
+        let _ = self
+            .tx
+            .send((uid, client_id.to_owned(), mqim_broker::now_ms()));
+    }
+}
+
 /// Whether handling `frame` waits on the database (so it goes to a lane).
 fn waits_on_database(frame: &ClientFrame) -> bool {
     match frame {
@@ -130,6 +179,7 @@ fn waits_on_database(frame: &ClientFrame) -> bool {
 /// Runs until the inbound channel closes.
 pub async fn run(state: AppState, mut rx: mpsc::UnboundedReceiver<Inbound>) {
     let lanes = Lanes::start(&state);
+    let devices = DeviceLog::start(state.db.clone());
     while let Some(ev) = rx.recv().await {
         match ev {
             Inbound::Frame { conn, fmt, payload } => {
@@ -178,18 +228,12 @@ pub async fn run(state: AppState, mut rx: mpsc::UnboundedReceiver<Inbound>) {
                 Grant::Presence { uid } => state.presence.watched(uid),
                 Grant::Group { .. } => {}
             },
-            Inbound::Connected(conn) => connected(&state, &conn),
+            Inbound::Connected(conn) => connected(&state, &devices, &conn),
             Inbound::Disconnected(conn) => {
                 state.messaging.delivery.forget(&conn);
                 if let Some(uid) = conn.user_id() {
                     state.presence.touched(uid);
-                    let db = state.db.clone();
-                    let client = conn.client_id.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = store::device_seen(&db, uid, &client).await {
-                            tracing::warn!(error = %e, "recording device last-seen failed");
-                        }
-                    });
+                    devices.seen(uid, &conn.client_id);
                 }
             }
         }
@@ -197,7 +241,7 @@ pub async fn run(state: AppState, mut rx: mpsc::UnboundedReceiver<Inbound>) {
 }
 
 /// A device came online: presence, the device record, and the session policy.
-fn connected(state: &AppState, conn: &Arc<Connection>) {
+fn connected(state: &AppState, devices: &DeviceLog, conn: &Arc<Connection>) {
     let Some(uid) = conn.user_id() else { return };
     state.presence.touched(uid);
     if state.config.mqtt.session_policy == "single" {
@@ -208,13 +252,7 @@ fn connected(state: &AppState, conn: &Arc<Connection>) {
         older.retain(|c| c.id < conn.id);
         state.closer.close(older);
     }
-    let db = state.db.clone();
-    let client = conn.client_id.clone();
-    tokio::spawn(async move {
-        if let Err(e) = store::touch_device(&db, uid, &client).await {
-            tracing::warn!(error = %e, "recording device failed");
-        }
-    });
+    devices.seen(uid, &conn.client_id);
 }
 
 fn conversation(cid: &str) -> ApiResult<ConversationId> {
