@@ -218,6 +218,19 @@ impl Db {
         )
     }
 
+    /// On SQLite, waits for this process's turn to write and holds it until the guard is
+    /// dropped; `None` on PostgreSQL. For a single writing statement run straight on the
+    /// pool (no transaction): without the turn it would meet the writer thread's
+    /// transactions in SQLite's busy handler, which sleeps up to 100 ms at a time — on
+    /// both sides, so a device record written during a backlog drain could hold up the
+    /// next message batch.
+    pub async fn write_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        match self.backend {
+            Backend::Sqlite => Some(self.write_gate.clone().lock_owned().await),
+            Backend::Postgres => None,
+        }
+    }
+
     /// Begins a transaction that will write. On SQLite it takes the write lock at once
     /// (`BEGIN IMMEDIATE`): a deferred transaction that reads first and writes later
     /// fails with SQLITE_BUSY, without waiting, when another connection wrote in

@@ -711,6 +711,7 @@ pub async fn sender_of(db: &Db, cid: &str, seq: i64) -> Result<Option<i64>, sqlx
 /// # Errors
 /// Database errors.
 pub async fn recall(db: &Db, id: i64) -> Result<(), sqlx::Error> {
+    let _turn = db.write_turn().await;
     sqlx::query(
         "UPDATE messages SET recalled_at = $1, content = '' WHERE id = $2 AND recalled_at IS NULL",
     )
@@ -726,6 +727,7 @@ pub async fn recall(db: &Db, id: i64) -> Result<(), sqlx::Error> {
 /// # Errors
 /// Database errors.
 pub async fn mark_read(db: &Db, uid: i64, cid: &str, seq: i64) -> Result<(), sqlx::Error> {
+    let _turn = db.write_turn().await;
     sqlx::query(
         "INSERT INTO read_state (user_id, conversation_id, read_seq, updated_at) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (user_id, conversation_id) DO UPDATE SET \
@@ -813,6 +815,7 @@ pub async fn save_cursors(db: &Db, cursors: &[(CursorKey, i64)]) -> Result<(), W
 /// Database errors.
 pub async fn touch_device(db: &Db, uid: i64, client_id: &str) -> Result<(), sqlx::Error> {
     let now = now_ms();
+    let _turn = db.write_turn().await;
     sqlx::query(
         "INSERT INTO devices (user_id, client_id, first_seen, last_seen) VALUES ($1, $2, $3, $3) \
          ON CONFLICT (user_id, client_id) DO UPDATE SET last_seen = excluded.last_seen",
@@ -848,6 +851,7 @@ pub async fn touch_devices(db: &Db, seen: &[(i64, String, i64)]) -> Result<(), s
     for (uid, client, at) in seen {
         q = q.bind(*uid).bind(client.as_str()).bind(*at).bind(*at);
     }
+    let _turn = db.write_turn().await;
     q.execute(&db.pool).await?;
     Ok(())
 }
