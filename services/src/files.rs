@@ -200,17 +200,15 @@ impl FileStore {
 
     /// Whether `sha` (lowercase hex) is known to be stored.
     fn knows(&self, sha: &str) -> bool {
-        let mut key = [0u8; 32];
-        hex::decode_to_slice(sha, &mut key).is_ok() && self.known.read().contains(&key)
+        known_key(sha).is_some_and(|k| self.known.read().contains(&k))
     }
 
     /// Remembers that `sha` is stored (up to [`KNOWN_FILES_MAX`] hashes).
     fn remember(&self, sha: &str) {
-        let mut key = [0u8; 32];
-        if hex::decode_to_slice(sha, &mut key).is_ok() {
+        if let Some(k) = known_key(sha) {
             let mut known = self.known.write();
             if known.len() < KNOWN_FILES_MAX {
-                known.insert(key);
+                known.insert(k);
             }
         }
     }
@@ -406,6 +404,12 @@ pub fn referenced_sha(content: &str) -> Option<&str> {
     let at = path.rfind(URL_PREFIX)?;
     let sha = &path[at + URL_PREFIX.len()..];
     is_sha256(sha).then_some(sha)
+}
+
+/// The 32 bytes of a hex SHA-256, as [`FileStore`] remembers it.
+fn known_key(sha: &str) -> Option<[u8; 32]> {
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(sha, &mut key).ok().map(|()| key)
 }
 
 /// The type of content starting with `head`: its magic number, else `text/plain` for

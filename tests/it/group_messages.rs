@@ -282,19 +282,19 @@ async fn mutes_hold_across_restarts_expire_and_end_with_the_membership() {
     assert_eq!(send_outcome(&mut cc, c.id, gid, "back").await, None);
 
     // A short mute ends by itself.
+    let until = mqim_proto_now() + 1_500;
     let r = s
         .http
-        .patch(
-            &member,
-            &owner.token,
-            json!({"muted_until": mqim_proto_now() + 1_500}),
-        )
+        .patch(&member, &owner.token, json!({"muted_until": until}))
         .await;
     assert_eq!(r.0, 200, "{}", r.1);
     assert_eq!(
         send_outcome(&mut cc, c.id, gid, "short").await.as_deref(),
         Some("muted")
     );
-    tokio::time::sleep(Duration::from_millis(1_700)).await;
+    // The mute ends at a wall-clock time: wait exactly until then (no condition to poll
+    // without sending, and every send would be stored).
+    let left = u64::try_from(until - mqim_proto_now()).unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(left + 20)).await;
     assert_eq!(send_outcome(&mut cc, c.id, gid, "later").await, None);
 }

@@ -814,18 +814,7 @@ pub async fn save_cursors(db: &Db, cursors: &[(CursorKey, i64)]) -> Result<(), W
 /// # Errors
 /// Database errors.
 pub async fn touch_device(db: &Db, uid: i64, client_id: &str) -> Result<(), sqlx::Error> {
-    let now = now_ms();
-    let _turn = db.write_turn().await;
-    sqlx::query(
-        "INSERT INTO devices (user_id, client_id, first_seen, last_seen) VALUES ($1, $2, $3, $3) \
-         ON CONFLICT (user_id, client_id) DO UPDATE SET last_seen = excluded.last_seen",
-    )
-    .bind(uid)
-    .bind(client_id)
-    .bind(now)
-    .execute(&db.pool)
-    .await?;
-    Ok(())
+    touch_devices(db, &[(uid, client_id.to_owned(), now_ms())]).await
 }
 
 /// Records devices as seen at the given times (unix ms), in one statement: new ones with

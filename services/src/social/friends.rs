@@ -5,7 +5,8 @@
 //! * a user blocked by the target may not send requests (403 `blocked`), and a user
 //!   who blocks the target must unblock first (409 `unblock_first`) — [`require_not_blocked`];
 //! * a request to someone whose own request is pending accepts that request;
-//! * only the recipient answers a request, once ([`require_recipient`]);
+//! * only the recipient answers a request, once ([`require_recipient`]); only the sender
+//!   cancels it, while pending;
 //! * nobody exceeds `limits.max_friends` ([`require_friend_capacity`]).
 //!
 //! Blocking does not unfriend (unblocking restores the old state); it cancels pending
@@ -207,16 +208,8 @@ pub async fn require_recipient(tx: &mut Tx, rid: i64, me: i64) -> ApiResult<(i64
     require_party(tx, rid, me, Party::Recipient).await
 }
 
-/// Rule: only the sender of a request cancels it, and only while pending.
-/// Returns `(from, to)`.
-///
-/// # Errors
-/// 404 `request_not_found` unless the caller is a party; 403 `not_sender` for the
-/// recipient; 409 `request_not_pending` for an answered request.
-pub async fn require_sender(tx: &mut Tx, rid: i64, me: i64) -> ApiResult<(i64, i64)> {
-    require_party(tx, rid, me, Party::Sender).await
-}
-
+/// The party check behind [`require_recipient`], and for cancels (403 `not_sender` for
+/// the recipient).
 async fn require_party(tx: &mut Tx, rid: i64, me: i64, who: Party) -> ApiResult<(i64, i64)> {
     let row = sqlx::query("SELECT from_id, to_id, state FROM friend_requests WHERE id = $1")
         .bind(rid)
@@ -417,41 +410,33 @@ pub async fn accept_request(st: &AppState, me: i64, rid: i64) -> ApiResult<Frien
 /// # Errors
 /// See [`require_recipient`].
 pub async fn reject_request(st: &AppState, me: i64, rid: i64) -> ApiResult<FriendRequest> {
-    let mut tx = st.db.begin_write().await?;
-    let (from, _) = require_recipient(&mut tx, rid, me).await?;
-    let done = sqlx::query(
-        "UPDATE friend_requests SET state = 'rejected', updated_at = $1 \
-         WHERE id = $2 AND state = 'pending'",
-    )
-    .bind(now_ms())
-    .bind(rid)
-    .execute(&mut *tx)
-    .await?;
-    if done.rows_affected() != 1 {
-        return Err(not_pending());
-    }
-    let req = load_request(&mut tx, rid, me).await?;
-    tx.commit().await?;
-    st.push.event(
-        &[from],
-        "FRIEND_REJECT",
-        json!({"request_id": rid, "by": req.to, "at": req.updated_at}),
-    );
-    Ok(req)
+    close_request(st, me, rid, Party::Recipient).await
 }
 
 /// Cancels request `rid` sent by `me`; the recipient gets FRIEND_CANCEL. The sender may
 /// ask again afterwards.
 ///
 /// # Errors
-/// See [`require_sender`].
+/// 404 `request_not_found` unless `me` is a party; 403 `not_sender` for the recipient;
+/// 409 `request_not_pending` once answered.
 pub async fn cancel_request(st: &AppState, me: i64, rid: i64) -> ApiResult<FriendRequest> {
+    close_request(st, me, rid, Party::Sender).await
+}
+
+/// Ends pending request `rid` without a friendship: rejected by its recipient or
+/// canceled by its sender; the other party is told.
+async fn close_request(st: &AppState, me: i64, rid: i64, who: Party) -> ApiResult<FriendRequest> {
+    let (state, event) = match who {
+        Party::Recipient => ("rejected", "FRIEND_REJECT"),
+        Party::Sender => ("canceled", "FRIEND_CANCEL"),
+    };
     let mut tx = st.db.begin_write().await?;
-    let (_, to) = require_sender(&mut tx, rid, me).await?;
+    let (from, to) = require_party(&mut tx, rid, me, who).await?;
     let done = sqlx::query(
-        "UPDATE friend_requests SET state = 'canceled', updated_at = $1 \
-         WHERE id = $2 AND state = 'pending'",
+        "UPDATE friend_requests SET state = $1, updated_at = $2 \
+         WHERE id = $3 AND state = 'pending'",
     )
+    .bind(state)
     .bind(now_ms())
     .bind(rid)
     .execute(&mut *tx)
@@ -461,10 +446,14 @@ pub async fn cancel_request(st: &AppState, me: i64, rid: i64) -> ApiResult<Frien
     }
     let req = load_request(&mut tx, rid, me).await?;
     tx.commit().await?;
+    let (other, by) = match who {
+        Party::Recipient => (from, &req.to),
+        Party::Sender => (to, &req.from),
+    };
     st.push.event(
-        &[to],
-        "FRIEND_CANCEL",
-        json!({"request_id": rid, "by": req.from, "at": req.updated_at}),
+        &[other],
+        event,
+        json!({"request_id": rid, "by": by, "at": req.updated_at}),
     );
     Ok(req)
 }
