@@ -19,8 +19,8 @@ use std::sync::OnceLock;
 
 use parking_lot::Mutex;
 use tracing::field::{Field, Visit};
-use tracing::{Event, Subscriber};
-use tracing_subscriber::filter::{Filtered, Targets};
+use tracing::{Event, Metadata, Subscriber};
+use tracing_subscriber::filter::{FilterFn, Filtered};
 use tracing_subscriber::layer::{Context, Layer};
 
 thread_local! {
@@ -36,10 +36,22 @@ pub struct AcceptLayer;
 impl AcceptLayer {
     /// The layer with its own filter, so it sees rumqttd's accept events whatever the
     /// log level of the other layers.
+    ///
+    /// Events only: a filter by target would also enable rumqttd's per-connection span
+    /// (`remote_link`, same module, INFO), and every poll of every connection task would
+    /// then enter and leave it in the subscriber's registry (~2 % of the connection
+    /// tasks' CPU in a broadcast).
     pub fn filtered<S: Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>>(
-    ) -> Filtered<AcceptLayer, Targets, S> {
-        AcceptLayer.with_filter(Targets::new().with_target(TARGET, tracing::Level::INFO))
+    ) -> Filtered<AcceptLayer, FilterFn<AcceptFilter>, S> {
+        AcceptLayer.with_filter(FilterFn::new(accept_events as AcceptFilter))
     }
+}
+
+/// The filter of [`AcceptLayer::filtered`].
+pub type AcceptFilter = fn(&Metadata<'_>) -> bool;
+
+fn accept_events(m: &Metadata<'_>) -> bool {
+    m.is_event() && m.target() == TARGET && *m.level() <= tracing::Level::INFO
 }
 
 impl<S: Subscriber> Layer<S> for AcceptLayer {
@@ -88,4 +100,28 @@ pub(crate) fn forget_proxied(local: SocketAddr) {
 /// The client behind `peer` (itself unless it is one of the proxy's sockets).
 pub(crate) fn resolve(peer: SocketAddr) -> SocketAddr {
     proxied().lock().get(&peer).copied().unwrap_or(peer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    #[test]
+    fn learns_accepted_addresses_without_enabling_rumqttds_spans() {
+        let subscriber = tracing_subscriber::registry().with(AcceptLayer::filtered());
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::span!(target: TARGET, tracing::Level::INFO, "remote_link");
+            assert!(
+                span.is_disabled(),
+                "rumqttd's connection span must stay off"
+            );
+            let addr: SocketAddr = "192.0.2.7:4321".parse().expect("address");
+            tracing::info!(target: TARGET, ?addr, "accept");
+            assert_eq!(take_accepted(), Some(addr));
+            assert_eq!(take_accepted(), None, "taken once");
+            tracing::debug!(target: TARGET, ?addr, "accept");
+            assert_eq!(take_accepted(), None, "below INFO is not an accept event");
+        });
+    }
 }
