@@ -295,7 +295,7 @@ async fn send_notice(
         if let Some(uid) = c.user_id() {
             st.messaging
                 .delivery
-                .advance(uid, &c.client_id, NOTICES.to_owned(), id);
+                .advance(uid, &c.client_id, NOTICES, id);
         }
     }
     Ok((

@@ -22,7 +22,7 @@
 //! no live acknowledgement can slip in before the drain starts.
 
 use foldhash::{HashMap, HashMapExt};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,13 +62,13 @@ const PEEK_MAX_BYTES: usize = 16 * 1024;
 /// buffer can have the same address: same address and length means the same payload.
 #[derive(Default)]
 struct Peeks {
-    slots: Vec<(bytes::Bytes, Option<(String, i64)>)>,
+    slots: Vec<(bytes::Bytes, Option<Peek>)>,
     next: usize,
 }
 
 impl Peeks {
     /// The remembered peek of `payload`, if it is one of the cached buffers.
-    fn find(&self, payload: &bytes::Bytes) -> Option<Option<(String, i64)>> {
+    fn find(&self, payload: &bytes::Bytes) -> Option<Option<Peek>> {
         let same = |b: &bytes::Bytes| b.as_ptr() == payload.as_ptr() && b.len() == payload.len();
         self.slots
             .iter()
@@ -76,7 +76,7 @@ impl Peeks {
             .map(|(_, peek)| peek.clone())
     }
 
-    fn insert(&mut self, payload: bytes::Bytes, peek: Option<(String, i64)>) {
+    fn insert(&mut self, payload: bytes::Bytes, peek: Option<Peek>) {
         if self.slots.len() < PEEK_SLOTS {
             self.slots.push((payload, peek));
         } else {
@@ -86,14 +86,17 @@ impl Peeks {
     }
 }
 
+/// A message's conversation (shared by every device that acknowledges it) and seq.
+type Peek = (Arc<str>, i64);
+
 /// (conversation, seq) of a message payload, parsed at most once while cached. The parse
 /// runs outside the lock, so PUBACKs of different payloads on two workers never wait
 /// for each other's parse.
-fn peek_cached(peeks: &Mutex<Peeks>, fmt: Format, payload: &bytes::Bytes) -> Option<(String, i64)> {
+fn peek_cached(peeks: &Mutex<Peeks>, fmt: Format, payload: &bytes::Bytes) -> Option<Peek> {
     if let Some(peek) = peeks.lock().find(payload) {
         return peek;
     }
-    let peek = peek_message(fmt, payload);
+    let peek = peek_message(fmt, payload).map(|(cid, seq)| (Arc::<str>::from(cid), seq));
     if payload.len() <= PEEK_MAX_BYTES {
         peeks.lock().insert(payload.clone(), peek.clone());
     }
@@ -145,9 +148,67 @@ pub struct Delivery {
     cfg: MessagesConfig,
     /// Cursor positions acknowledged but not yet written, so a device that reconnects
     /// within those milliseconds is not sent them again.
-    unsaved: Arc<Mutex<HashMap<CursorKey, i64>>>,
-    tracks: Mutex<HashMap<u64, Arc<Track>>>,
+    unsaved: Arc<Mutex<Unsaved>>,
+    tracks: Tracks,
     peeks: Mutex<Peeks>,
+}
+
+/// Cursor positions not yet written. hashbrown's, for lookups by borrowed parts
+/// ([`CursorRef`]): a hit on every PUBACK then builds no owned key.
+type Unsaved = hashbrown::HashMap<CursorKey, i64, foldhash::fast::RandomState>;
+
+/// A [`CursorKey`] by reference; hashes like one (`String` and `&str` hash alike).
+#[derive(Hash)]
+struct CursorRef<'a> {
+    uid: i64,
+    client_id: &'a str,
+    conversation_id: &'a str,
+}
+
+impl hashbrown::Equivalent<CursorKey> for CursorRef<'_> {
+    fn equivalent(&self, key: &CursorKey) -> bool {
+        self.uid == key.uid
+            && self.client_id == key.client_id
+            && self.conversation_id == key.conversation_id
+    }
+}
+
+impl CursorRef<'_> {
+    fn to_owned_key(&self) -> CursorKey {
+        CursorKey {
+            uid: self.uid,
+            client_id: self.client_id.to_owned(),
+            conversation_id: self.conversation_id.to_owned(),
+        }
+    }
+}
+
+/// The connections whose backlog is in progress, by connection number.
+///
+/// Every PUBACK asks whether its connection has one, and while no backlog drains (a
+/// broadcast to devices that are all caught up) the answer is no without taking the
+/// process-wide lock: `len` mirrors the map's size, updated under the lock.
+#[derive(Default)]
+struct Tracks {
+    map: Mutex<HashMap<u64, Arc<Track>>>,
+    len: AtomicUsize,
+}
+
+impl Tracks {
+    fn get(&self, conn: u64) -> Option<Arc<Track>> {
+        if self.len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        self.map.lock().get(&conn).cloned()
+    }
+
+    /// Runs `f` on the map under the lock.
+    fn with<R>(&self, f: impl FnOnce(&mut HashMap<u64, Arc<Track>>) -> R) -> R {
+        let mut map = self.map.lock();
+        let r = f(&mut map);
+        self.len.store(map.len(), Ordering::Release);
+        r
+    }
 }
 
 pub use crate::push::format_of;
@@ -155,14 +216,14 @@ pub use crate::push::format_of;
 impl Delivery {
     /// Starts the cursor writer.
     pub fn start(db: Db, push: Push, cfg: MessagesConfig) -> Arc<Delivery> {
-        let unsaved = Arc::new(Mutex::new(HashMap::new()));
+        let unsaved = Arc::new(Mutex::new(Unsaved::default()));
         tokio::spawn(cursor_writer(db.clone(), unsaved.clone()));
         Arc::new(Delivery {
             db,
             push,
             cfg,
             unsaved,
-            tracks: Mutex::new(HashMap::new()),
+            tracks: Tracks::default(),
             peeks: Mutex::new(Peeks::default()),
         })
     }
@@ -170,10 +231,9 @@ impl Delivery {
     /// The broker granted `conn` an inbox subscription and its SUBACK is not yet out:
     /// from now until its backlog is acknowledged, live acknowledgements are held.
     pub fn subscribing(&self, conn: &Connection) {
-        self.tracks
-            .lock()
-            .entry(conn.id)
-            .or_insert_with(|| Arc::new(Track::new()));
+        self.tracks.with(|t| {
+            t.entry(conn.id).or_insert_with(|| Arc::new(Track::new()));
+        });
     }
 
     /// The device acknowledged a publish; if it was a message, its cursor advances
@@ -190,23 +250,23 @@ impl Delivery {
         // The ack of a message of this device that had no copy stands for the copy.
         let peek = conn
             .take_own_ack(payload)
+            .map(|(cid, seq)| (Arc::<str>::from(cid), seq))
             .or_else(|| peek_cached(&self.peeks, fmt, payload));
         let Some((cid, seq)) = peek else {
             return;
         };
         let backlog = topic.starts_with(DEVICE_TOPIC_PREFIX.as_bytes());
-        self.received(conn, uid, cid, seq, backlog);
+        self.received(conn, uid, &cid, seq, backlog);
     }
 
     /// Device `conn` of `uid` has `seq` of conversation `cid`: from its backlog (on its
     /// device topic) or not (a live frame, or a `delivered` receipt).
-    pub fn received(&self, conn: &Connection, uid: i64, cid: String, seq: i64, backlog: bool) {
-        let track = self.tracks.lock().get(&conn.id).cloned();
-        if let Some(t) = track {
+    pub fn received(&self, conn: &Connection, uid: i64, cid: &str, seq: i64, backlog: bool) {
+        if let Some(t) = self.tracks.get(conn.id) {
             if backlog {
                 t.acked.fetch_add(1, Ordering::Relaxed);
                 t.notify.notify_one();
-            } else if t.hold(&cid, seq) {
+            } else if t.hold(cid, seq) {
                 return;
             }
         }
@@ -215,15 +275,19 @@ impl Delivery {
 
     /// Records that device `client_id` of `uid` has `seq` of conversation `cid` (in
     /// memory; the cursor writer saves it within a second).
-    pub fn advance(&self, uid: i64, client_id: &str, cid: String, seq: i64) {
-        let key = CursorKey {
+    pub fn advance(&self, uid: i64, client_id: &str, cid: &str, seq: i64) {
+        let key = CursorRef {
             uid,
-            client_id: client_id.to_owned(),
+            client_id,
             conversation_id: cid,
         };
         let mut u = self.unsaved.lock();
-        let e = u.entry(key).or_insert(seq);
-        *e = (*e).max(seq);
+        match u.get_mut(&key) {
+            Some(e) => *e = (*e).max(seq),
+            None => {
+                u.insert(key.to_owned_key(), seq);
+            }
+        }
     }
 
     /// Writes every position acknowledged so far (at shutdown; otherwise the cursor
@@ -257,7 +321,7 @@ impl Delivery {
     /// The connection ended: a drain still waiting for it gives up now, and what it
     /// held is dropped.
     pub fn forget(&self, conn: &Connection) {
-        if let Some(t) = self.tracks.lock().remove(&conn.id) {
+        if let Some(t) = self.tracks.with(|t| t.remove(&conn.id)) {
             t.notify.notify_one();
         }
     }
@@ -265,17 +329,15 @@ impl Delivery {
     /// Sends the device its backlog in `fmt` (see the module docs). Runs in its own
     /// task; a second call while one runs for the connection does nothing.
     pub fn drain(self: &Arc<Self>, conn: Arc<Connection>, fmt: Fmt, qos: u8) {
-        let track = {
-            let mut tracks = self.tracks.lock();
-            let t = tracks
+        let track = self.tracks.with(|tracks| {
+            tracks
                 .entry(conn.id)
                 .or_insert_with(|| Arc::new(Track::new()))
-                .clone();
-            if t.running.swap(true, Ordering::AcqRel) {
-                return;
-            }
-            t
-        };
+                .clone()
+        });
+        if track.running.swap(true, Ordering::AcqRel) {
+            return;
+        }
         // Messages stored after the subscription became active reach the device live;
         // the backlog stops there (a message created just before and committed just
         // after may come both ways: clients deduplicate by id).
@@ -289,18 +351,17 @@ impl Delivery {
                     false
                 }
             };
-            {
-                let mut tracks = me.tracks.lock();
+            me.tracks.with(|tracks| {
                 if tracks.get(&conn.id).is_some_and(|t| Arc::ptr_eq(t, &track)) {
                     tracks.remove(&conn.id);
                 }
-            }
+            });
             // Acknowledgements from here on advance directly (`hold` sees `None`).
             let held = track.held.lock().take().unwrap_or_default();
             match (complete, conn.user_id()) {
                 (true, Some(uid)) => {
                     for (cid, seq) in held {
-                        me.advance(uid, &conn.client_id, cid, seq);
+                        me.advance(uid, &conn.client_id, &cid, seq);
                     }
                 }
                 _ if !held.is_empty() => tracing::debug!(
@@ -423,7 +484,7 @@ impl Delivery {
                 encode_server(format_of(fmt), &frame),
                 false,
             );
-            self.advance(uid, &conn.client_id, NOTICES.to_owned(), id);
+            self.advance(uid, &conn.client_id, NOTICES, id);
         }
         Ok(rows.len())
     }
@@ -432,7 +493,7 @@ impl Delivery {
 /// Saves the acknowledged positions every `CURSOR_FLUSH`: one row per device and
 /// conversation however many acknowledgements came in between (a broadcast to 10,000
 /// devices is 10,000 rows, not one write or message per PUBACK).
-async fn cursor_writer(db: Db, unsaved: Arc<Mutex<HashMap<CursorKey, i64>>>) {
+async fn cursor_writer(db: Db, unsaved: Arc<Mutex<Unsaved>>) {
     let mut tick = tokio::time::interval(CURSOR_FLUSH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -446,7 +507,7 @@ async fn cursor_writer(db: Db, unsaved: Arc<Mutex<HashMap<CursorKey, i64>>>) {
 
 /// Writes a snapshot of `unsaved`, then forgets what the database now has (unless it
 /// moved on meanwhile).
-async fn save_unsaved(db: &Db, unsaved: &Mutex<HashMap<CursorKey, i64>>) {
+async fn save_unsaved(db: &Db, unsaved: &Mutex<Unsaved>) {
     let batch: Vec<(CursorKey, i64)> = unsaved
         .lock()
         .iter()
@@ -479,8 +540,34 @@ mod tests {
         ))
     }
 
-    fn expect(seq: i64) -> Option<(String, i64)> {
-        Some((format!("g:{seq}"), seq))
+    fn expect(seq: i64) -> Option<Peek> {
+        Some((Arc::from(format!("g:{seq}")), seq))
+    }
+
+    /// A position is found by borrowed parts exactly when its owned key is there.
+    #[test]
+    fn cursor_refs_find_their_keys() {
+        let mut u = Unsaved::default();
+        let r = |c: &'static str, v: &'static str| CursorRef {
+            uid: 7,
+            client_id: c,
+            conversation_id: v,
+        };
+        u.insert(r("phone", "u:1:7").to_owned_key(), 3);
+        u.insert(r("phone", "g:2").to_owned_key(), 5);
+        assert_eq!(u.get(&r("phone", "u:1:7")), Some(&3));
+        assert_eq!(u.get(&r("phone", "g:2")), Some(&5));
+        assert_eq!(u.get(&r("phone", "g:3")), None);
+        assert_eq!(u.get(&r("laptop", "g:2")), None);
+        // The parts do not run into each other.
+        assert_eq!(u.get(&r("phoneg", ":2")), None);
+        assert_eq!(
+            u.get(&CursorRef {
+                uid: 8,
+                ..r("phone", "g:2")
+            }),
+            None
+        );
     }
 
     #[test]

@@ -298,8 +298,7 @@ async fn handle(
             }
             match kind {
                 ReceiptKind::Delivered => {
-                    m.delivery
-                        .received(conn, uid, conversation_id.clone(), seq, false)
+                    m.delivery.received(conn, uid, &conversation_id, seq, false)
                 }
                 ReceiptKind::Read => store::mark_read(m.db(), uid, &conversation_id, seq).await?,
             }
