@@ -35,7 +35,7 @@ use tracing::debug;
 use crate::clientid::valid_client_id;
 use crate::hooks::{Denied, Hooks};
 use crate::registry::{Connection, Registry};
-use crate::topics::{may_publish, may_receive, may_subscribe, Fmt, Grant};
+use crate::topics::{may_publish, may_receive, may_subscribe, AccessGraph, Fmt, Grant};
 
 /// Topic every client publish is rewritten to. Subscribing to it is refused like any
 /// other topic outside the rules, so nothing published there is ever delivered.
@@ -100,6 +100,42 @@ struct State {
     /// Per SUBSCRIBE packet id: what to tell the client and the service when its
     /// SUBACK comes back.
     subscribes: HashMap<u16, PendingSub>,
+    /// The delivery check's last answer (see [`may_receive_cached`]).
+    verdict: Option<Verdict>,
+}
+
+/// Whether this connection's user may receive on `topic`, as of graph `version`.
+struct Verdict {
+    topic: Bytes,
+    version: u64,
+    allowed: bool,
+}
+
+/// [`may_receive`], reusing the last answer for the same topic while the graph reports
+/// no change ([`AccessGraph::version`]). A broadcast writes the same group topic to each
+/// member's connection message after message; without this each delivery parsed the
+/// topic and looked the membership up under the graph's lock again.
+fn may_receive_cached(
+    last: &mut Option<Verdict>,
+    uid: i64,
+    topic: &Bytes,
+    graph: &dyn AccessGraph,
+) -> bool {
+    // Read before the lookup: a change racing with it raises the version after, so the
+    // answer is at worst re-checked once more.
+    let version = graph.version();
+    if let (Some(v), Some(l)) = (version, last.as_ref()) {
+        if l.version == v && l.topic == *topic {
+            return l.allowed;
+        }
+    }
+    let allowed = may_receive(uid, std::str::from_utf8(topic).unwrap_or(""), graph);
+    *last = version.map(|version| Verdict {
+        topic: topic.clone(),
+        version,
+        allowed,
+    });
+    allowed
 }
 
 struct PendingSub {
@@ -322,13 +358,20 @@ impl Guard {
         // in rumqttd's v4 writer (bug 1).
         let n = V4.write(Packet::Publish(publish, None), out)?;
         let (qos, pkid) = publish_header(&out[start..]).unwrap_or((0, 0));
+        let mut state = self.state.lock();
         let allowed = match self.conn() {
             Some(conn) => match conn.user_id() {
                 Some(uid) => {
-                    let t = std::str::from_utf8(&topic).unwrap_or("");
-                    let ok =
-                        device_ok.unwrap_or_else(|| may_receive(uid, t, self.shared.hooks.graph()));
+                    let ok = device_ok.unwrap_or_else(|| {
+                        may_receive_cached(
+                            &mut state.verdict,
+                            uid,
+                            &topic,
+                            self.shared.hooks.graph(),
+                        )
+                    });
                     if !ok {
+                        let t = std::str::from_utf8(&topic).unwrap_or("");
                         debug!(
                             conn = conn.id,
                             topic = t,
@@ -345,7 +388,6 @@ impl Guard {
         // The sending device already has its own message (and gets its ack).
         let own = allowed && self.conn().is_some_and(|c| c.take_own_copy(&payload));
         let allowed = allowed && !own;
-        let mut state = self.state.lock();
         if qos > 0 {
             let entry = if own {
                 Inflight::Own { topic, payload }
@@ -664,6 +706,89 @@ mod tests {
         // Nothing more until the client acks 3.
         assert!(g.read_mut(&mut BytesMut::new(), 1 << 20).is_err());
         assert_eq!(client_acks(&mut g, 3, 1), [3]);
+    }
+
+    /// A graph whose membership of user 1 in group 10 can be revoked, with a version.
+    #[derive(Default)]
+    struct Revocable {
+        revoked: std::sync::atomic::AtomicBool,
+        version: std::sync::atomic::AtomicU64,
+        /// Whether to report a version at all.
+        versioned: bool,
+        lookups: std::sync::atomic::AtomicUsize,
+    }
+    impl Revocable {
+        fn revoke(&self, bump: bool) {
+            self.revoked
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            if bump {
+                self.version
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    }
+    impl AccessGraph for Revocable {
+        fn is_member(&self, uid: i64, gid: i64) -> bool {
+            self.lookups
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            uid == 1 && gid == 10 && !self.revoked.load(std::sync::atomic::Ordering::SeqCst)
+        }
+        fn are_friends(&self, _: i64, _: i64) -> bool {
+            false
+        }
+        fn version(&self) -> Option<u64> {
+            self.versioned
+                .then(|| self.version.load(std::sync::atomic::Ordering::SeqCst))
+        }
+    }
+    struct RevocableHooks(Arc<Revocable>);
+    impl Hooks for RevocableHooks {
+        fn authenticate(&self, _: &str, _: &str) -> BoxFuture<Option<Principal>> {
+            Box::pin(async { None })
+        }
+        fn graph(&self) -> &dyn AccessGraph {
+            self.0.as_ref()
+        }
+    }
+
+    /// The delivery check reuses its answer for the same topic only while the graph's
+    /// version stays the same: a membership revoked (and the version raised) stops the
+    /// very next delivery, and a graph without versions is asked every time.
+    #[test]
+    fn delivery_check_reuses_its_answer_only_until_the_graph_changes() {
+        let written = |g: &Guard, pkid: u16, topic: &str| {
+            let mut out = BytesMut::new();
+            g.write(Packet::Publish(qos1(topic, pkid), None), &mut out)
+                .expect("write")
+                > 0
+        };
+        let graph = Arc::new(Revocable {
+            versioned: true,
+            ..Default::default()
+        });
+        let g = bound_guard_with(Arc::new(RevocableHooks(graph.clone())));
+        assert!(written(&g, 1, "im/g/10/in/json"));
+        assert!(written(&g, 2, "im/g/10/in/json"));
+        assert_eq!(graph.lookups.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // Another topic is checked on its own.
+        assert!(!written(&g, 3, "im/g/11/in/json"));
+        assert!(written(&g, 4, "im/g/10/in/json"));
+        assert_eq!(graph.lookups.load(std::sync::atomic::Ordering::SeqCst), 3);
+        graph.revoke(true);
+        assert!(
+            !written(&g, 5, "im/g/10/in/json"),
+            "revoked: dropped at once"
+        );
+
+        let graph = Arc::new(Revocable::default());
+        let g = bound_guard_with(Arc::new(RevocableHooks(graph.clone())));
+        assert!(written(&g, 1, "im/g/10/in/json"));
+        graph.revoke(false);
+        assert!(
+            !written(&g, 2, "im/g/10/in/json"),
+            "no version: asked again"
+        );
+        assert_eq!(graph.lookups.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     /// The copy of a message the connection sent itself is not written to it, is

@@ -54,6 +54,12 @@ pub trait AccessGraph: Send + Sync {
     fn is_member(&self, uid: i64, gid: i64) -> bool;
     /// Whether `a` and `b` are friends.
     fn are_friends(&self, a: i64, b: i64) -> bool;
+    /// A number that changes whenever an answer of `is_member` or `are_friends` may
+    /// have changed, so that a connection may reuse its last answer while it stays
+    /// the same; `None` (the default) if answers must not be reused.
+    fn version(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// A concrete mqim topic.

@@ -10,6 +10,7 @@
 //! commits (the database stays the source of truth).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 use sqlx::Row;
@@ -25,6 +26,10 @@ pub struct SocialGraph {
     blocks: RwLock<HashMap<i64, HashSet<i64>>>,
     /// (group, member) → muted until (unix ms), for members with a mute set.
     mutes: RwLock<HashMap<(i64, i64), i64>>,
+    /// Raised, under the write lock, by every change of `friends` or `members`
+    /// ([`mqim_broker::AccessGraph::version`]): a broker connection that is written the
+    /// same group topic again re-checks membership only after a change.
+    version: AtomicU64,
 }
 
 impl SocialGraph {
@@ -85,6 +90,12 @@ impl SocialGraph {
         Ok(g)
     }
 
+    /// Marks a change of friendships or memberships; called with the write lock held,
+    /// so whoever sees the new version also sees the change.
+    fn changed(&self) {
+        self.version.fetch_add(1, Ordering::Release);
+    }
+
     /// Records that `blocker` blocks `blocked`.
     pub fn add_block(&self, blocker: i64, blocked: i64) {
         self.blocks
@@ -115,6 +126,7 @@ impl SocialGraph {
         let mut f = self.friends.write();
         f.entry(a).or_default().insert(b);
         f.entry(b).or_default().insert(a);
+        self.changed();
     }
 
     /// Forgets a friendship (both directions).
@@ -126,6 +138,7 @@ impl SocialGraph {
         if let Some(s) = f.get_mut(&b) {
             s.remove(&a);
         }
+        self.changed();
     }
 
     /// The user's friends.
@@ -139,20 +152,30 @@ impl SocialGraph {
 
     /// Records a membership.
     pub fn add_member(&self, gid: i64, uid: i64) {
-        self.members.write().entry(gid).or_default().insert(uid);
+        let mut m = self.members.write();
+        m.entry(gid).or_default().insert(uid);
+        self.changed();
     }
 
     /// Forgets a membership (and its mute).
     pub fn remove_member(&self, gid: i64, uid: i64) {
-        if let Some(s) = self.members.write().get_mut(&gid) {
-            s.remove(&uid);
+        {
+            let mut m = self.members.write();
+            if let Some(s) = m.get_mut(&gid) {
+                s.remove(&uid);
+            }
+            self.changed();
         }
         self.mutes.write().remove(&(gid, uid));
     }
 
     /// Forgets a whole group (dissolved).
     pub fn remove_group(&self, gid: i64) {
-        self.members.write().remove(&gid);
+        {
+            let mut m = self.members.write();
+            m.remove(&gid);
+            self.changed();
+        }
         self.mutes.write().retain(|&(g, _), _| g != gid);
     }
 
@@ -190,5 +213,40 @@ impl mqim_broker::AccessGraph for SocialGraph {
 
     fn are_friends(&self, a: i64, b: i64) -> bool {
         self.friends.read().get(&a).is_some_and(|s| s.contains(&b))
+    }
+
+    fn version(&self) -> Option<u64> {
+        Some(self.version.load(Ordering::Acquire))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mqim_broker::AccessGraph;
+
+    /// Every change the delivery check depends on raises the version (the broker's
+    /// connections reuse their last answer while it stays the same).
+    #[test]
+    fn membership_and_friendship_changes_raise_the_version() {
+        let g = SocialGraph::default();
+        let mut last = g.version().expect("versioned");
+        let mut raised = |g: &SocialGraph, what: &str| {
+            let v = g.version().expect("versioned");
+            assert!(v > last, "{what} must raise the version");
+            last = v;
+        };
+        g.add_member(10, 1);
+        raised(&g, "add_member");
+        g.remove_member(10, 1);
+        raised(&g, "remove_member");
+        g.add_member(10, 2);
+        g.remove_group(10);
+        raised(&g, "remove_group");
+        assert!(!g.is_member(2, 10));
+        g.add_friends(1, 2);
+        raised(&g, "add_friends");
+        g.remove_friends(1, 2);
+        raised(&g, "remove_friends");
     }
 }
