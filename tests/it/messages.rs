@@ -945,3 +945,74 @@ async fn a_flood_of_sync_frames_does_not_hold_up_other_users_messages() {
     assert!(refused > 0, "a flood of {SYNCS} was not limited");
     ca.expect_nothing(Duration::from_millis(300)).await;
 }
+
+/// The embedded broker keeps a bounded log per topic (`mqtt.segment_bytes` ×
+/// `segment_count`). A connected device that falls further behind than that used to
+/// have the dropped messages skipped, unseen, and its acknowledgements of later ones
+/// moved its cursor past them, so it never got them. Now the broker closes the lagging
+/// connection, and the device gets them from its backlog when it comes back.
+#[tokio::test]
+async fn a_device_that_falls_behind_the_broker_log_is_closed_and_misses_nothing() {
+    // A log of about fifteen messages per topic; backlogs two at a time, which fits.
+    let s = start_server_with(&[
+        ("MQIM_MQTT__SEGMENT_BYTES", "4096"),
+        ("MQIM_MQTT__SEGMENT_COUNT", "1"),
+        ("MQIM_MESSAGES__BACKLOG_WINDOW", "2"),
+        ("MQIM_MESSAGES__MAX_CONTENT_BYTES", "512"),
+    ])
+    .await;
+    let a = s.register("alice").await;
+    let b = s.register("bob").await;
+    s.befriend(&a, &b).await;
+    let mut ca = inbox_client(&s, &a, "phone", "json").await;
+    // Bob's phone receives but acknowledges nothing yet: once its 100 in-flight slots
+    // are used, the rest waits in the broker's log, which drops most of it.
+    let mut cb = s.mqtt_manual_acks(&b, "phone").await;
+    assert_eq!(
+        cb.subscribe_ok(&[&format!("im/u/{}/in/json", b.id)]).await,
+        [true]
+    );
+    const N: i64 = 140;
+    for i in 1..=N {
+        ca.send_frame(a.id, Format::Json, &text(&format!("m{i}"), b.id, "x"))
+            .await;
+        ca.recv_frame_where(is_ack).await;
+    }
+    let mut held = Vec::new();
+    let mut seqs = Vec::new();
+    while let Some(r) = cb.recv_within(Duration::from_millis(700)).await {
+        if let ServerFrame::Message(m) = r.frame() {
+            seqs.push(m.seq);
+            held.push(r);
+        }
+    }
+    assert!(
+        !seqs.is_empty() && seqs.len() < N as usize,
+        "the broker should hold some back: got {}",
+        seqs.len()
+    );
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as i64).collect::<Vec<_>>(),
+        "in order"
+    );
+    let acked = seqs.len() as i64;
+    // Acknowledging frees the slots; the broker finds the rest gone from its log.
+    for r in &held {
+        cb.ack(r).await;
+    }
+    assert!(
+        cb.closed_within(Duration::from_secs(10)).await.is_some(),
+        "a device behind the broker's log must be disconnected, not skipped ahead"
+    );
+    drop(cb);
+    // Back again: everything after what it acknowledged, in order, nothing skipped.
+    let mut cb = inbox_client(&s, &b, "phone", "json").await;
+    for want in acked + 1..=N {
+        let (_, f) = cb.recv_frame_where(is_msg).await;
+        assert!(
+            matches!(f, ServerFrame::Message(ref m) if m.seq == want),
+            "expected seq {want}, got {f:?}"
+        );
+    }
+}

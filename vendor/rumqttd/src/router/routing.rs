@@ -1022,6 +1022,8 @@ impl Router {
         // Keep track of temporarily skipped DataRequest
         // NOTE: VecDeque::new() doesn't allocate memory until elements are pushed
         let mut skipped_requests: VecDeque<DataRequest> = VecDeque::new();
+        // mqim patch: set when a subscriber fell behind the log (`CursorJumped`).
+        let mut fell_behind = false;
 
         // A new connection's tracker is always initialized with acks request.
         // A subscribe will register data request.
@@ -1083,12 +1085,21 @@ impl Router {
                 ConsumeStatus::SkipRequest => {
                     skipped_requests.push_back(request);
                 }
+                ConsumeStatus::CursorJumped => {
+                    requests.push_back(request);
+                    fell_behind = true;
+                    break;
+                }
             }
         }
 
         // Add requests back to the tracker if there are any
         requests.extend(skipped_requests);
         self.scheduler.trackv(id, requests);
+        if fell_behind {
+            warn!(connection_id = id, "subscriber fell behind the topic log, disconnecting");
+            self.handle_disconnection(id, None);
+        }
         Some(())
     }
 
@@ -1406,6 +1417,9 @@ enum ConsumeStatus {
     /// Use to indicate we want to skip the datareqest
     /// for shared subscriptions
     SkipRequest,
+    /// mqim patch: a QoS 1/2 subscriber fell so far behind that the log dropped data it
+    /// had not read; the connection is closed instead of skipping it (see `consume`).
+    CursorJumped,
 }
 
 /// Sweep datalog from offset in DataRequest and updates DataRequest
@@ -1521,6 +1535,16 @@ fn forward_device_data(
 
         let alert = alert::cursorjump(&outgoing.client_id, &request.filter, 0);
         alertlog.log(alert);
+
+        // mqim patch: forwarding from the new start would skip, unseen, what the log
+        // dropped, and the device's acknowledgements of what follows would then move its
+        // durable cursor past those messages. Closing the connection instead lets it
+        // come back and receive them from its backlog (at least once). Offsets are
+        // absolute: a cursor at the end of a segment that was dropped moves to the next
+        // segment at the same offset, which skips nothing.
+        if start.1 > request.cursor.1 && request.qos != 0 && request.group.is_none() {
+            return ConsumeStatus::CursorJumped;
+        }
     }
 
     trace!(
