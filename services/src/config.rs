@@ -269,6 +269,18 @@ impl Config {
         {
             return bad("messages limits must be positive".into());
         }
+        // A backlog window of the largest messages must fit in the broker's log of the
+        // device topic, or the device falls behind the log, is disconnected and comes back
+        // to the same backlog, again and again. Frames carry ~1 KiB around their content.
+        let log = self.mqtt.segment_bytes.max(1024) * self.mqtt.segment_count.max(1);
+        let window = m.backlog_window * (m.max_content_bytes + 1024);
+        if log < window {
+            return bad(format!(
+                "mqtt.segment_bytes × mqtt.segment_count ({log} bytes) must hold a backlog \
+                 window of the largest messages: messages.backlog_window × \
+                 (messages.max_content_bytes + 1024) = {window} bytes"
+            ));
+        }
         let f = &self.files;
         if f.max_bytes == 0
             || f.max_image_bytes == 0
@@ -369,6 +381,26 @@ mod tests {
         }
         std::fs::write(&f, "[database]\nurl = \"sqlite://x.db?mode=rwc\"\n").expect("write");
         assert!(Config::load_from(Some(&f), Env::prefixed("MQIM_TEST_NOTHING_")).is_ok());
+    }
+
+    /// The broker's per-topic log must hold a backlog window of the largest messages.
+    #[test]
+    fn the_broker_log_must_hold_a_backlog_window() {
+        let dir = std::env::temp_dir().join(format!("mqim-cfg-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp");
+        let f = dir.join("c.toml");
+        let load = |toml: &str| {
+            std::fs::write(&f, toml).expect("write");
+            Config::load_from(Some(&f), Env::prefixed("MQIM_TEST_NOTHING_"))
+                .err()
+                .map(|e| e.to_string())
+        };
+        let err = load("[mqtt]\nsegment_bytes = 65536\nsegment_count = 1\n").unwrap_or_default();
+        assert!(err.contains("backlog"), "{err}");
+        assert_eq!(
+            load("[mqtt]\nsegment_bytes = 4096\nsegment_count = 1\n[messages]\nbacklog_window = 2\nmax_content_bytes = 512\n"),
+            None
+        );
     }
 
     #[test]
