@@ -953,10 +953,11 @@ async fn a_flood_of_sync_frames_does_not_hold_up_other_users_messages() {
 /// connection, and the device gets them from its backlog when it comes back.
 #[tokio::test]
 async fn a_device_that_falls_behind_the_broker_log_is_closed_and_misses_nothing() {
-    // A log of about fifteen messages per topic; backlogs two at a time, which fits.
+    // Logs that keep at least one full segment of ~20 messages per topic; backlogs two
+    // at a time, which fits.
     let s = start_server_with(&[
         ("MQIM_MQTT__SEGMENT_BYTES", "4096"),
-        ("MQIM_MQTT__SEGMENT_COUNT", "1"),
+        ("MQIM_MQTT__SEGMENT_COUNT", "2"),
         ("MQIM_MESSAGES__BACKLOG_WINDOW", "2"),
         ("MQIM_MESSAGES__MAX_CONTENT_BYTES", "512"),
     ])
@@ -1006,9 +1007,21 @@ async fn a_device_that_falls_behind_the_broker_log_is_closed_and_misses_nothing(
         "a device behind the broker's log must be disconnected, not skipped ahead"
     );
     drop(cb);
-    // Back again: everything after what it acknowledged, in order, nothing skipped.
+    // Back again: everything after what reached the server acknowledged (PUBACKs still
+    // on their way when it closed the connection count as not received), in order,
+    // through the last message, nothing skipped.
     let mut cb = inbox_client(&s, &b, "phone", "json").await;
-    for want in acked + 1..=N {
+    let (_, f) = cb.recv_frame_where(is_msg).await;
+    let ServerFrame::Message(first) = f else {
+        unreachable!()
+    };
+    assert!(
+        first.seq >= 1 && first.seq <= acked + 1,
+        "the backlog must start at or before {}, not at {}",
+        acked + 1,
+        first.seq
+    );
+    for want in first.seq + 1..=N {
         let (_, f) = cb.recv_frame_where(is_msg).await;
         assert!(
             matches!(f, ServerFrame::Message(ref m) if m.seq == want),

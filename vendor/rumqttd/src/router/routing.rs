@@ -1541,8 +1541,14 @@ fn forward_device_data(
         // durable cursor past those messages. Closing the connection instead lets it
         // come back and receive them from its backlog (at least once). Offsets are
         // absolute: a cursor at the end of a segment that was dropped moves to the next
-        // segment at the same offset, which skips nothing.
-        if start.1 > request.cursor.1 && request.qos != 0 && request.group.is_none() {
+        // segment at the same offset, which skips nothing. Only clean sessions (all of
+        // mqim's): a persistent session would keep its old position in the graveyard and
+        // be closed again on every reconnect.
+        if start.1 > request.cursor.1
+            && request.qos != 0
+            && request.group.is_none()
+            && connection.clean
+        {
             return ConsumeStatus::CursorJumped;
         }
     }
