@@ -271,13 +271,19 @@ impl Config {
         }
         // A backlog window of the largest messages must fit in the broker's log of the
         // device topic, or the device falls behind the log, is disconnected and comes back
-        // to the same backlog, again and again. Frames carry ~1 KiB around their content.
-        let log = self.mqtt.segment_bytes.max(1024) * self.mqtt.segment_count.max(1);
+        // to the same backlog, again and again. When the newest segment fills, the oldest
+        // is dropped, so `segment_count - 1` full segments are all that is sure to be
+        // kept (with one, a reader even one message behind loses it at the rotation).
+        // Frames carry ~1 KiB around their content.
+        if self.mqtt.segment_count < 2 {
+            return bad("mqtt.segment_count must be at least 2".into());
+        }
+        let log = self.mqtt.segment_bytes.max(1024) * (self.mqtt.segment_count - 1);
         let window = m.backlog_window * (m.max_content_bytes + 1024);
         if log < window {
             return bad(format!(
-                "mqtt.segment_bytes × mqtt.segment_count ({log} bytes) must hold a backlog \
-                 window of the largest messages: messages.backlog_window × \
+                "mqtt.segment_bytes × (mqtt.segment_count − 1) ({log} bytes) must hold a \
+                 backlog window of the largest messages: messages.backlog_window × \
                  (messages.max_content_bytes + 1024) = {window} bytes"
             ));
         }
@@ -395,10 +401,18 @@ mod tests {
                 .err()
                 .map(|e| e.to_string())
         };
-        let err = load("[mqtt]\nsegment_bytes = 65536\nsegment_count = 1\n").unwrap_or_default();
+        let err = load("[mqtt]\nsegment_bytes = 65536\nsegment_count = 3\n").unwrap_or_default();
         assert!(err.contains("backlog"), "{err}");
+        let small = "[messages]\nbacklog_window = 2\nmax_content_bytes = 512\n";
+        let err = load(&format!(
+            "[mqtt]\nsegment_bytes = 4096\nsegment_count = 1\n{small}"
+        ))
+        .unwrap_or_default();
+        assert!(err.contains("segment_count must be at least 2"), "{err}");
         assert_eq!(
-            load("[mqtt]\nsegment_bytes = 4096\nsegment_count = 1\n[messages]\nbacklog_window = 2\nmax_content_bytes = 512\n"),
+            load(&format!(
+                "[mqtt]\nsegment_bytes = 4096\nsegment_count = 2\n{small}"
+            )),
             None
         );
     }
