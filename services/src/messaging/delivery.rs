@@ -306,10 +306,10 @@ impl Delivery {
         let mut convs = store::conversations_of(&self.db, uid, Some(client_id)).await?;
         let u = self.unsaved.lock();
         for c in &mut convs {
-            let key = CursorKey {
+            let key = CursorRef {
                 uid,
-                client_id: client_id.to_owned(),
-                conversation_id: c.id.clone(),
+                client_id,
+                conversation_id: &c.id,
             };
             if let Some(&seq) = u.get(&key) {
                 c.base = c.base.max(seq);
@@ -444,10 +444,10 @@ impl Delivery {
         topic: &str,
         fmt: Fmt,
     ) -> Result<usize, sqlx::Error> {
-        let key = CursorKey {
+        let key = CursorRef {
             uid,
-            client_id: conn.client_id.clone(),
-            conversation_id: NOTICES.to_owned(),
+            client_id: &conn.client_id,
+            conversation_id: NOTICES,
         };
         let saved: Option<i64> = sqlx::query(
             "SELECT acked_seq FROM device_cursors WHERE user_id = $1 AND client_id = $2 AND conversation_id = $3",

@@ -1086,7 +1086,7 @@ impl Router {
                     skipped_requests.push_back(request);
                 }
                 ConsumeStatus::CursorJumped => {
-                    requests.push_back(request);
+                    // The connection is removed below; its requests go with it.
                     fell_behind = true;
                     break;
                 }
