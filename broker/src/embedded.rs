@@ -18,7 +18,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use rumqttd::local::{LinkBuilder, LinkRx, LinkTx};
 use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet, Publish};
-use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings};
+use rumqttd::{
+    ConnectionSettings, LinkType, LogStats, Router, RouterConfig, SegmentConfig, Server,
+    ServerSettings,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
@@ -134,6 +137,7 @@ pub struct EmbeddedBroker {
     publisher: Publisher,
     linker: Linker,
     tasks: Vec<JoinHandle<()>>,
+    log_stats: Arc<LogStats>,
 }
 
 impl EmbeddedBroker {
@@ -151,11 +155,27 @@ impl EmbeddedBroker {
             max_outgoing_packet_count: 200,
             max_segment_size: cfg.segment_size.max(1024),
             max_segment_count: cfg.segment_count.max(1),
-            custom_segment: None,
+            // Nothing published on the sink topic is ever read (the service link's
+            // subscription only keeps those publishes on the router's cached path, see
+            // `start_publisher`), so its log is the smallest rumqttd allows: two 1 KiB
+            // segments, a few entries, instead of `segment_bytes × segment_count`.
+            custom_segment: Some(
+                [(
+                    crate::guard::SINK_TOPIC.to_owned(),
+                    SegmentConfig {
+                        max_segment_size: 1024,
+                        max_segment_count: 2,
+                    },
+                )]
+                .into_iter()
+                .collect(),
+            ),
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),
         };
-        let router_tx = Router::new(0, router_cfg).spawn();
+        let router = Router::new(0, router_cfg);
+        let log_stats = router.log_stats();
+        let router_tx = router.spawn();
         let linker: Linker = {
             let router_tx = router_tx.clone();
             Arc::new(move |id: &str| {
@@ -227,7 +247,14 @@ impl EmbeddedBroker {
             publisher,
             linker,
             tasks,
+            log_stats,
         })
+    }
+
+    /// What the router's per-topic logs hold (bytes, topics with a log, saved
+    /// sessions), updated by the router as it runs.
+    pub fn log_stats(&self) -> Arc<LogStats> {
+        self.log_stats.clone()
     }
 
     /// The bound MQTT/TCP address.

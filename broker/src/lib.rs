@@ -27,4 +27,6 @@ pub use embedded::{Batch, BrokerConfig, BrokerError, Closer, EmbeddedBroker, Pub
 pub use guard::{device_topic, DEVICE_TOPIC_PREFIX, SINK_TOPIC};
 pub use hooks::{BoxFuture, Denied, Hooks};
 pub use registry::{now_ms, Connection, Principal, Registry};
+/// What the router's logs hold ([`EmbeddedBroker::log_stats`]).
+pub use rumqttd::LogStats;
 pub use topics::{AccessGraph, Fmt, Grant, Topic};

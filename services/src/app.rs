@@ -108,6 +108,7 @@ pub async fn serve(
         presence,
         closer: broker.closer(),
         connections: broker.registry().clone(),
+        broker_log: broker.log_stats(),
         started: Instant::now(),
     };
     let dispatcher = service_rt

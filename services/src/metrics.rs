@@ -45,6 +45,12 @@ pub struct Metrics {
     pub online_users: Gauge,
     /// Retained presence updates published.
     pub presence_updates: Counter,
+    /// Bytes held by the embedded broker's per-topic logs (set when rendered).
+    pub broker_log_bytes: Gauge,
+    /// Topics (subscription filters) the embedded broker keeps a log for.
+    pub broker_log_topics: Gauge,
+    /// Persistent sessions the embedded broker keeps for clients that are gone.
+    pub broker_saved_sessions: Gauge,
 }
 
 impl Default for Metrics {
@@ -61,6 +67,9 @@ impl Default for Metrics {
             frames_in: Family::default(),
             online_users: Gauge::default(),
             presence_updates: Counter::default(),
+            broker_log_bytes: Gauge::default(),
+            broker_log_topics: Gauge::default(),
+            broker_saved_sessions: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -95,6 +104,31 @@ impl Default for Metrics {
             "Frames received from clients by type",
             m.frames_in.clone(),
         );
+        registry.register(
+            "online_users",
+            "Users with at least one connected device",
+            m.online_users.clone(),
+        );
+        registry.register(
+            "presence_updates",
+            "Retained presence updates published",
+            m.presence_updates.clone(),
+        );
+        registry.register(
+            "broker_log_bytes",
+            "Bytes held by the broker's per-topic logs (entries, topics and payloads)",
+            m.broker_log_bytes.clone(),
+        );
+        registry.register(
+            "broker_log_topics",
+            "Topics the broker keeps a log for",
+            m.broker_log_topics.clone(),
+        );
+        registry.register(
+            "broker_saved_sessions",
+            "Sessions the broker keeps for clients that are gone",
+            m.broker_saved_sessions.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -107,6 +141,15 @@ impl Metrics {
                 kind: kind.to_owned(),
             })
             .inc();
+    }
+
+    /// Takes the broker's log figures into their gauges (they are the router's, read
+    /// when rendered rather than pushed on every change).
+    pub fn observe_broker(&self, log: &mqim_broker::LogStats) {
+        let g = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.broker_log_bytes.set(g(log.bytes()));
+        self.broker_log_topics.set(g(log.filters()));
+        self.broker_saved_sessions.set(g(log.saved_sessions()));
     }
 
     /// Prometheus text exposition.

@@ -31,6 +31,8 @@ pub struct AppState {
     pub closer: Closer,
     /// Live MQTT connections.
     pub connections: Arc<Registry>,
+    /// What the embedded broker's per-topic logs hold (reported at `/metrics`).
+    pub broker_log: Arc<mqim_broker::LogStats>,
     /// Messages: storage, delivery, offline backlog.
     pub messaging: Arc<crate::messaging::Messaging>,
     /// Uploaded files: storage, limits, signed URLs.

@@ -365,6 +365,11 @@ async fn operations_endpoints_and_openapi() {
         "mqim_registrations_total 1",
         "mqim_logins_total{kind=\"failed\"} 1",
         "mqim_http_requests_total{",
+        "mqim_online_users ",
+        "mqim_presence_updates_total ",
+        "mqim_broker_log_bytes ",
+        "mqim_broker_log_topics ",
+        "mqim_broker_saved_sessions 0",
     ] {
         assert!(text.contains(needle), "metrics lack {needle}:\n{text}");
     }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use mqim_proto::{ClientFrame, Format, ServerFrame};
-use mqim_tests::{have_tool, start_server, MqttClient, MqttError, WAIT};
+use mqim_tests::{have_tool, start_server, start_server_with, MqttClient, MqttError, WAIT};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
@@ -445,5 +445,137 @@ async fn a_client_disconnecting_never_takes_a_newer_connection_with_it() {
                     .unwrap_or_else(|_| panic!("round {round}: new{i} stopped answering"));
             assert_eq!(r, [true], "round {round}: connection new{i} was closed");
         }
+    }
+}
+
+fn text_frame(cmid: &str, to: i64, content: &str) -> ClientFrame {
+    ClientFrame::Send {
+        client_msg_id: cmid.into(),
+        to_user: Some(to),
+        to_group: None,
+        msg_type: mqim_proto::MsgType::Text,
+        content: content.into(),
+        reply_to: None,
+    }
+}
+
+/// The broker keeps a log per topic for its subscribers. It used to keep up to
+/// `segment_bytes × segment_count` of every topic that ever had a subscriber, forever
+/// (memory grew with every user who received anything), and an entry for every
+/// connection that ever closed. Now a log drops the segments all its readers have passed
+/// and is freed with its last subscriber, and clean sessions leave nothing behind.
+#[tokio::test]
+async fn broker_logs_hold_only_what_readers_still_need() {
+    const SEGMENT: f64 = 4096.0;
+    // Small segments, so that the traffic below fills many; the cap (63 full segments
+    // per topic) stays far above what a topic whose readers keep up holds.
+    let s = start_server_with(&[
+        ("MQIM_MQTT__SEGMENT_BYTES", "4096"),
+        ("MQIM_MQTT__SEGMENT_COUNT", "64"),
+        ("MQIM_MESSAGES__BACKLOG_WINDOW", "2"),
+        ("MQIM_MESSAGES__MAX_CONTENT_BYTES", "512"),
+        ("MQIM_MESSAGES__RATE_PER_SEC", "100000"),
+        ("MQIM_MESSAGES__RATE_BURST", "100000"),
+    ])
+    .await;
+    let topics_at_start = s.metric("mqim_broker_log_topics").await;
+    let a = s.register("alice").await;
+    let b = s.register("bob").await;
+    s.befriend(&a, &b).await;
+    let mut ca = s.mqtt(&a, Some("phone")).await;
+    let inbox = |u: &mqim_tests::TestUser| format!("im/u/{}/in/json", u.id);
+    assert_eq!(
+        ca.subscribe_ok(&[&inbox(&a), &format!("im/p/{}", b.id)])
+            .await,
+        [true, true]
+    );
+    let mut cb = s.mqtt(&b, Some("phone")).await;
+    assert_eq!(cb.subscribe_ok(&[&inbox(&b)]).await, [true]);
+
+    // ~600 KB through bob's inbox and ~150 KB of acks through alice's: without trimming
+    // each would keep up to 63 × 4 KiB.
+    let body = "x".repeat(400);
+    let rounds = 2;
+    let per_round = 400;
+    let mut seq = 0;
+    for round in 0..rounds {
+        for i in 0..per_round {
+            ca.send_frame(
+                a.id,
+                Format::Json,
+                &text_frame(&format!("r{round}-{i}"), b.id, &body),
+            )
+            .await;
+        }
+        for _ in 0..per_round {
+            ca.recv_frame_where(|f| matches!(f, ServerFrame::Ack { .. }))
+                .await;
+        }
+        for _ in 0..per_round {
+            let (_, f) = cb
+                .recv_frame_where(|f| matches!(f, ServerFrame::Message(_)))
+                .await;
+            let ServerFrame::Message(m) = f else {
+                unreachable!()
+            };
+            seq += 1;
+            assert_eq!(m.seq, seq, "in order, none lost");
+        }
+        // Once everyone online has read everything, each topic holds its active segment
+        // and at most the one before it (the router trims when its readers catch up).
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let topics = s.metric("mqim_broker_log_topics").await;
+            let bytes = s.metric("mqim_broker_log_bytes").await;
+            if bytes <= topics * 2.0 * SEGMENT {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round}: {bytes} bytes in the logs of {topics} topics"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    // Everyone leaves: their topics' logs go, and their sessions leave nothing.
+    ca.disconnect().await;
+    cb.disconnect().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let topics = s.metric("mqim_broker_log_topics").await;
+        if topics <= topics_at_start {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{topics} topics keep a log with nobody online (at start: {topics_at_start})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Only the sink's log is left (two 1 KiB segments of client publishes).
+    let bytes = s.metric("mqim_broker_log_bytes").await;
+    assert!(bytes <= 4096.0, "{bytes} bytes left in the logs");
+    assert_eq!(s.metric("mqim_broker_saved_sessions").await, 0.0);
+
+    // A topic whose log was freed works again for a new subscriber.
+    let mut cb = s.mqtt(&b, Some("tablet")).await;
+    assert_eq!(cb.subscribe_ok(&[&inbox(&b)]).await, [true]);
+    let ca = s.mqtt(&a, Some("phone")).await;
+    ca.send_frame(
+        a.id,
+        Format::Json,
+        &text_frame("again", b.id, "hello again"),
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, f) = cb
+            .recv_frame_where(|f| matches!(f, ServerFrame::Message(_)))
+            .await;
+        if matches!(f, ServerFrame::Message(ref m) if m.seq == seq + 1) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no new message");
     }
 }

@@ -354,6 +354,23 @@ impl Server {
         }
     }
 
+    /// The value of the metric `name` (a line `name VALUE` of `GET /metrics`).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self
+            .http
+            .client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+    }
+
     /// The server's log so far.
     pub fn log_text(&self) -> String {
         self.logs.lock().unwrap().join("\n")

@@ -7,8 +7,9 @@
 //! codec instead of mqim's guard, no authentication and no service. Running it as its
 //! own process lets the harness account its CPU and memory separately from the load.
 //!
-//! Usage: `mqim-bench-rumqttd [PORT]` (0 or absent: a free port). Prints
-//! `rumqttd listening on ADDR` once the listener accepts, then serves until killed.
+//! Usage: `mqim-bench-rumqttd [PORT [SEGMENT_BYTES SEGMENT_COUNT]]` (port 0 or absent:
+//! a free port; the log segments default to mqim's). Prints `rumqttd listening on ADDR`
+//! once the listener accepts, then serves until killed.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
@@ -20,14 +21,19 @@ use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, Server
 const MAX_CONNECTIONS: usize = 18_000;
 const MAX_PACKET_BYTES: usize = 262_144;
 const CONNECT_TIMEOUT_MS: u16 = 5_000;
-const SEGMENT_BYTES: usize = 1_048_576;
-const SEGMENT_COUNT: usize = 4;
+const SEGMENT_BYTES: usize = 65_536;
+const SEGMENT_COUNT: usize = 64;
 
 fn main() {
     let port: u16 = match std::env::args().nth(1) {
         Some(p) => p.parse().unwrap_or_else(|_| panic!("bad port {p:?}")),
         None => 0,
     };
+    let arg = |i: usize, default: usize| match std::env::args().nth(i) {
+        Some(v) => v.parse().unwrap_or_else(|_| panic!("bad argument {v:?}")),
+        None => default,
+    };
+    let (segment_bytes, segment_count) = (arg(2, SEGMENT_BYTES), arg(3, SEGMENT_COUNT));
     let addr: SocketAddr = if port == 0 {
         let probe = TcpListener::bind("127.0.0.1:0").expect("bind a probe port on 127.0.0.1");
         probe.local_addr().expect("probe address")
@@ -38,8 +44,8 @@ fn main() {
     let router_cfg = RouterConfig {
         max_connections: MAX_CONNECTIONS + 64,
         max_outgoing_packet_count: 200,
-        max_segment_size: SEGMENT_BYTES,
-        max_segment_count: SEGMENT_COUNT,
+        max_segment_size: segment_bytes,
+        max_segment_count: segment_count,
         custom_segment: None,
         initialized_filters: None,
         shared_subscriptions_strategy: Default::default(),

@@ -39,6 +39,7 @@ async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
 
 /// GET /metrics — Prometheus text format.
 async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
+    st.metrics.observe_broker(&st.broker_log);
     (
         [(
             header::CONTENT_TYPE,

@@ -16,6 +16,11 @@ impl Graveyard {
         }
     }
 
+    /// mqim patch: sessions kept.
+    pub fn len(&self) -> usize {
+        self.connections.len()
+    }
+
     /// Add a new connection.
     /// Return tracker of previous connection if connection id already exists
     pub fn retrieve(&mut self, id: &str) -> Option<SavedState> {

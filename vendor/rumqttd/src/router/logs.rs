@@ -13,6 +13,8 @@ use crate::segments::{CommitLog, Position};
 use crate::Storage;
 use std::collections::{HashMap, VecDeque};
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 type PubWithProp = (Publish, Option<PublishProperties>);
@@ -39,7 +41,50 @@ impl Storage for PublishData {
     // TODO: calculate size of publish properties as well!
     fn size(&self) -> usize {
         let publish = &self.publish;
-        4 + publish.topic.len() + publish.payload.len()
+        // mqim patch: the entry itself counts too (it was `4 + topic + payload`), so that
+        // `max_segment_size` bounds the memory a segment holds: an entry with an empty
+        // payload (every client publish mqim sinks) was counted as 13 bytes but holds
+        // over 200.
+        std::mem::size_of::<PublishData>() + publish.topic.len() + publish.payload.len()
+    }
+}
+
+/// mqim patch: what the router's logs hold, for the embedding program to report. Written
+/// by the router thread only; read from anywhere.
+#[derive(Debug, Default)]
+pub struct LogStats {
+    bytes: AtomicU64,
+    filters: AtomicU64,
+    saved_sessions: AtomicU64,
+}
+
+impl LogStats {
+    /// The `Storage::size` of every entry in every filter's log (entries, topics and
+    /// payloads; a payload shared by several filters counts once per filter).
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Filters that have a log.
+    pub fn filters(&self) -> u64 {
+        self.filters.load(Ordering::Relaxed)
+    }
+
+    /// Sessions kept for clients that are gone (persistent sessions).
+    pub fn saved_sessions(&self) -> u64 {
+        self.saved_sessions.load(Ordering::Relaxed)
+    }
+
+    fn add_bytes(&self, n: u64) {
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn sub_bytes(&self, n: u64) {
+        self.bytes.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_saved_sessions(&self, n: usize) {
+        self.saved_sessions.store(n as u64, Ordering::Relaxed);
     }
 }
 
@@ -65,6 +110,12 @@ pub struct DataLog {
     retained_publishes: HashMap<Topic, PublishData>,
     /// List of filters associated with a topic
     publish_filters: HashMap<Topic, Vec<FilterIdx>>,
+    /// mqim patch: what the logs hold, shared with the embedding program.
+    pub stats: Arc<LogStats>,
+    /// mqim patch: filters whose log may have segments all its readers passed: it
+    /// started a new segment, or a reader caught up while it had more than one
+    /// (`Router::trim_logs`). Each is listed once (`Data::trim_pending`).
+    trim_candidates: Vec<FilterIdx>,
 }
 
 /// mqim patch: whether a filter (or a topic, which must not have one) has a wildcard.
@@ -80,9 +131,10 @@ impl DataLog {
         let retained_publishes = HashMap::new();
         let publish_filters = HashMap::new();
 
+        let stats = Arc::new(LogStats::default());
         if let Some(warmup_filters) = config.initialized_filters.clone() {
             for filter in warmup_filters {
-                let data = Data::new(&filter, &config);
+                let data = Data::new(&filter, &config, &stats);
 
                 // Add commitlog to datalog and add datalog index to filter to
                 // datalog index map
@@ -101,7 +153,109 @@ impl DataLog {
             filter_indexes,
             wildcard_filters,
             retained_publishes,
+            stats,
+            trim_candidates: Vec::new(),
         })
+    }
+
+    /// mqim patch: lists `idx` for `Router::trim_logs` if its log has segments
+    /// before the active one and it is not listed yet.
+    pub fn trim_candidate(&mut self, idx: FilterIdx) {
+        if let Some(data) = self.native.get_mut(idx) {
+            if !data.pinned && !data.trim_pending && data.log.memory_segments_count() > 1 {
+                data.trim_pending = true;
+                self.trim_candidates.push(idx);
+            }
+        }
+    }
+
+    /// mqim patch: whether any filter is listed by `trim_candidate`.
+    pub fn has_trim_candidates(&self) -> bool {
+        !self.trim_candidates.is_empty()
+    }
+
+    /// mqim patch: the filters listed by `trim_candidate` since the last call, each
+    /// unlisted again.
+    pub fn take_trim_candidates(&mut self) -> Vec<FilterIdx> {
+        let taken = std::mem::take(&mut self.trim_candidates);
+        for &idx in &taken {
+            if let Some(data) = self.native.get_mut(idx) {
+                data.trim_pending = false;
+            }
+        }
+        taken
+    }
+
+    /// mqim patch: drops the segments of `idx`'s log that end at or before `min_next`
+    /// (see `CommitLog::trim_before`).
+    pub fn trim(&mut self, idx: FilterIdx, min_next: u64) {
+        if let Some(data) = self.native.get_mut(idx) {
+            let freed = data.log.trim_before(min_next);
+            self.stats.sub_bytes(freed);
+        }
+    }
+
+    /// mqim patch: marks the log of `idx` as read by someone whose position the router
+    /// keeps outside the filter's waiters and its subscribers' trackers (a persistent
+    /// session, which keeps its position in the graveyard, or a shared-subscription
+    /// group, which keeps one for the group). Such a log is never trimmed by its readers'
+    /// positions nor released, so rumqttd's behaviour for them is unchanged.
+    pub fn pin(&mut self, idx: FilterIdx) {
+        if let Some(data) = self.native.get_mut(idx) {
+            data.pinned = true;
+        }
+    }
+
+    /// mqim patch: the filter's last subscriber left. A log nobody reads is freed: a
+    /// filter without a wildcard is forgotten altogether (its log, its index entry and
+    /// its topic's cached match), a wildcard filter keeps its place (and its cached
+    /// matches) with an empty log. A pinned log (`pin`) stays as it is. A later
+    /// subscriber starts at the end of the log in either case, so nothing it could have
+    /// received is lost.
+    pub fn release(&mut self, filter: &str) {
+        let Some(&idx) = self.filter_indexes.get(filter) else {
+            return;
+        };
+        let Some(data) = self.native.get_mut(idx) else {
+            return;
+        };
+        if data.pinned || !data.waiters.waiters().is_empty() {
+            return;
+        }
+        if has_wildcard(filter) {
+            let freed = data.log.clear();
+            self.stats.sub_bytes(freed);
+            return;
+        }
+        self.stats.sub_bytes(data.log.bytes());
+        self.stats.filters.fetch_sub(1, Ordering::Relaxed);
+        self.native.remove(idx);
+        self.filter_indexes.remove(filter);
+        if let Some(filters) = self.publish_filters.get_mut(filter) {
+            filters.retain(|&i| i != idx);
+            if filters.is_empty() {
+                self.publish_filters.remove(filter);
+            }
+        }
+    }
+
+    /// mqim patch: `clean` for the given filters only (those the connection subscribed
+    /// to, the only ones it can wait on), instead of every filter's waiters.
+    pub fn clean_filters<'a>(
+        &mut self,
+        id: ConnectionId,
+        filters: impl Iterator<Item = &'a Filter>,
+    ) -> Vec<DataRequest> {
+        let mut inflight = Vec::new();
+        for filter in filters {
+            let Some(&idx) = self.filter_indexes.get(filter) else {
+                continue;
+            };
+            if let Some(data) = self.native.get_mut(idx) {
+                inflight.append(&mut data.waiters.remove(id));
+            }
+        }
+        inflight
     }
 
     pub fn meter(&mut self, filter: &str) -> Option<&mut SubscriptionMeter> {
@@ -185,7 +339,7 @@ impl DataLog {
         let (filter_idx, data) = match filter_indexes.get(filter) {
             Some(idx) => (*idx, self.native.get(*idx).unwrap()),
             None => {
-                let data = Data::new(filter, &self.config);
+                let data = Data::new(filter, &self.config, &self.stats);
 
                 // Add commitlog to datalog and add datalog index to filter to
                 // datalog index map
@@ -283,8 +437,11 @@ impl DataLog {
         // filter as `request` is "done", that is, the subscriber has caught up. In other words,
         // there has been atleast 1 call to `native_readv` for the same filter, which means if
         // `native_readv` hasn't paniced, so this won't panic either.
-        let data = self.native.get_mut(request.filter_idx).unwrap();
+        let idx = request.filter_idx;
+        let data = self.native.get_mut(idx).unwrap();
         data.waiters.register(id, request);
+        // mqim patch: a reader caught up; what it read may be all that kept a segment.
+        self.trim_candidate(idx);
     }
 
     /// Cleanup a connection from all the waiters
@@ -386,13 +543,19 @@ pub struct Data<T> {
     pub log: CommitLog<T>,
     pub waiters: Waiters<DataRequest>,
     meter: SubscriptionMeter,
+    /// mqim patch: see `DataLog::pin`.
+    pub pinned: bool,
+    /// mqim patch: listed in `DataLog::trim_candidates`.
+    trim_pending: bool,
+    /// mqim patch: see `DataLog::stats`.
+    stats: Arc<LogStats>,
 }
 
 impl<T> Data<T>
 where
     T: Storage + Clone,
 {
-    pub fn new(filter: &str, router_config: &RouterConfig) -> Data<T> {
+    pub fn new(filter: &str, router_config: &RouterConfig, stats: &Arc<LogStats>) -> Data<T> {
         let mut max_segment_size = router_config.max_segment_size;
         let mut max_mem_segments = router_config.max_segment_count;
 
@@ -412,12 +575,21 @@ where
 
         let waiters = Waiters::with_capacity(10);
         let metrics = SubscriptionMeter::default();
+        stats.filters.fetch_add(1, Ordering::Relaxed);
         Data {
             filter: filter.to_owned(),
             log,
             waiters,
             meter: metrics,
+            pinned: false,
+            trim_pending: false,
+            stats: stats.clone(),
         }
+    }
+
+    /// mqim patch: the filter this log is for.
+    pub fn filter(&self) -> &Filter {
+        &self.filter
     }
 
     /// Writes to all the filters that are mapped to this publish topic
@@ -428,7 +600,15 @@ where
         notifications: &mut VecDeque<(ConnectionId, DataRequest)>,
     ) -> (Offset, &Filter) {
         let size = item.size();
+        let before = self.log.bytes();
         let offset = self.log.append(item);
+        // mqim patch: the append may also have dropped the oldest segment.
+        let after = self.log.bytes();
+        if after >= before {
+            self.stats.add_bytes(after - before);
+        } else {
+            self.stats.sub_bytes(before - after);
+        }
         if let Some(mut parked) = self.waiters.take() {
             notifications.append(&mut parked);
         }

@@ -26,6 +26,7 @@ pub(crate) mod shared_subs;
 mod waiters;
 
 pub use alertlog::Alert;
+pub use logs::LogStats;
 pub use connection::Connection;
 pub use routing::Router;
 pub use waiters::Waiters;

@@ -21,7 +21,8 @@ use tracing::{debug, error, info, trace, warn};
 use super::alertlog::{Alert, AlertLog};
 use super::graveyard::Graveyard;
 use super::iobufs::{Incoming, Outgoing};
-use super::logs::{AckLog, DataLog};
+use super::logs::{AckLog, DataLog, LogStats};
+use std::sync::Arc;
 use super::scheduler::{ScheduleReason, Scheduler};
 use super::shared_subs::SharedGroup;
 use super::{
@@ -102,7 +103,12 @@ pub struct Router {
     shared_subscriptions: HashMap<String, SharedGroup>,
     /// Will messages per client_id
     last_wills: HashMap<String, (LastWill, Option<LastWillProperties>)>,
+    /// mqim patch: when `trim_logs` last ran.
+    last_trim: std::time::Instant,
 }
+
+/// mqim patch: how often a busy router trims its logs (`Router::trim_logs`).
+const TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl Router {
     pub fn new(router_id: RouterId, config: RouterConfig) -> Router {
@@ -143,6 +149,63 @@ impl Router {
             cache: Some(VecDeque::with_capacity(MAX_CHANNEL_CAPACITY)),
             shared_subscriptions: HashMap::new(),
             last_wills: HashMap::new(),
+            last_trim: std::time::Instant::now(),
+        }
+    }
+
+    /// mqim patch: what the router's logs hold, readable from any thread while it runs.
+    pub fn log_stats(&self) -> Arc<LogStats> {
+        self.datalog.stats.clone()
+    }
+
+    /// mqim patch: the logs listed by `DataLog::trim_candidate` (a new segment was
+    /// started, or a reader caught up) drop the segments all their readers have passed.
+    /// A reader's position is in its request, which is parked in the filter's waiters
+    /// or queued in its connection's tracker: `run_inner` calls this between events and
+    /// consumes, when no request is anywhere else, before the router waits for events
+    /// and otherwise every `TRIM_INTERVAL`, so that a log with many readers (a group
+    /// of thousands) is not walked once per reader that catches up. Pinned logs
+    /// (persistent sessions, shared subscriptions; `DataLog::pin`) keep rumqttd's
+    /// behaviour: their segments go only when the log is full.
+    fn trim_logs(&mut self) {
+        self.last_trim = std::time::Instant::now();
+        for idx in self.datalog.take_trim_candidates() {
+            let Some(data) = self.datalog.native.get(idx) else {
+                continue;
+            };
+            if data.pinned {
+                continue;
+            }
+            let mut min_next = data.log.next_offset().1;
+            for (_, request) in data.waiters.waiters() {
+                min_next = min_next.min(request.cursor.1);
+            }
+            if let Some(ids) = self.subscription_map.get(data.filter()) {
+                for id in ids {
+                    let Some(tracker) = self.scheduler.trackers.get(*id) else {
+                        continue;
+                    };
+                    for request in tracker.data_requests.iter() {
+                        if request.filter_idx == idx {
+                            min_next = min_next.min(request.cursor.1);
+                        }
+                    }
+                }
+            }
+            self.datalog.trim(idx, min_next);
+        }
+    }
+
+    /// mqim patch: `id` no longer subscribes to `filter`: the filter's entry in
+    /// `subscription_map` goes when it is empty, and so does its log (`DataLog::release`).
+    fn forget_subscriber(&mut self, id: ConnectionId, filter: &str) {
+        let Some(connections) = self.subscription_map.get_mut(filter) else {
+            return;
+        };
+        connections.remove(&id);
+        if connections.is_empty() {
+            self.subscription_map.remove(filter);
+            self.datalog.release(filter);
         }
     }
 
@@ -195,6 +258,10 @@ impl Router {
     fn run_inner(&mut self) -> Result<(), RouterError> {
         // Block on incoming events if there are no ready connections for consumption
         if self.consume().is_none() {
+            // mqim patch: nothing to do but wait, a moment to free what was read.
+            if self.datalog.has_trim_candidates() {
+                self.trim_logs();
+            }
             // trace!("{}:: {:20} {:20} {:?}", self.id, "", "done-await", self.readyqueue);
             let (id, data) = self.router_rx.recv()?;
             self.events(id, data);
@@ -225,6 +292,11 @@ impl Router {
         // Poll 100 connections which are ready in ready queue
         for _ in 0..100 {
             self.consume();
+        }
+
+        // mqim patch: see `trim_logs`.
+        if self.datalog.has_trim_candidates() && self.last_trim.elapsed() >= TRIM_INTERVAL {
+            self.trim_logs();
         }
 
         // self.send_all_alerts();
@@ -302,6 +374,9 @@ impl Router {
 
         // Retrieve previous connection state from graveyard
         let saved = self.graveyard.retrieve(&client_id);
+        self.datalog
+            .stats
+            .set_saved_sessions(self.graveyard.len());
         let clean_session = connection.clean;
         let previous_session = saved.as_ref().is_some_and(|s| s.session_state.is_some());
         // for qos2 pending pubrels
@@ -463,7 +538,11 @@ impl Router {
         // connection in readyqueue and allow 'consume()' method to deal with this
         // self.readyqueue.remove(id);
 
-        let inflight_data_requests = self.datalog.clean(id);
+        // mqim patch: only the connection's own filters (it was every filter's waiters, a
+        // walk over every filter the router knows for each disconnect).
+        let inflight_data_requests = self
+            .datalog
+            .clean_filters(id, connection.subscriptions.iter());
         let retransmissions = outgoing.retransmission_map();
 
         // Remove connections from all groups and
@@ -475,10 +554,9 @@ impl Router {
         });
 
         // Remove this connection from subscriptions
+        // (mqim patch: and free the logs nobody subscribes to any more)
         for filter in connection.subscriptions.iter() {
-            if let Some(connections) = self.subscription_map.get_mut(filter) {
-                connections.remove(&id);
-            }
+            self.forget_subscriber(id, filter);
         }
 
         // Add disconnection event to metrics
@@ -522,11 +600,14 @@ impl Router {
                 outgoing.unacked_pubrels,
             );
         } else {
-            tracker.pause(PauseReason::Busy);
-            let id = tracker.id.clone();
-            // Only save metrics in clean session
-            self.graveyard.save_metrics(id, connection.events);
+            // mqim patch: a clean session leaves nothing behind. rumqttd kept its
+            // connection events (for the next connection of the same client id), an entry
+            // per client id ever seen: mqim gives every connection its own internal id, so
+            // that was one more entry per connection, forever.
         }
+        self.datalog
+            .stats
+            .set_saved_sessions(self.graveyard.len());
         self.router_meters.total_connections -= 1;
     }
 
@@ -720,6 +801,8 @@ impl Router {
                             if !removed {
                                 continue;
                             }
+                            // mqim patch: the last subscriber's log is freed below.
+                            let last = connection_ids.is_empty();
 
                             let meter = &mut self.ibufs.get_mut(id).unwrap().meter;
                             meter.unregister_subscription(filter);
@@ -756,6 +839,10 @@ impl Router {
                             ackslog.unsuback(unsuback);
                             self.scheduler.untrack(id, filter);
                             self.datalog.remove_waiters_for_id(id, filter);
+                            if last {
+                                self.subscription_map.remove(filter);
+                                self.datalog.release(filter);
+                            }
                             force_ack = true;
                         }
                     }
@@ -935,6 +1022,11 @@ impl Router {
 
         // Prepare consumer to pull data in case of subscription
         let connection = self.connections.get_mut(id).unwrap();
+
+        // mqim patch: positions kept outside the waiters and trackers (DataLog::pin).
+        if !connection.clean || group.is_some() {
+            self.datalog.pin(filter_idx);
+        }
 
         // Add/Create shared group
         if let Some(group_name) = &group {
@@ -1263,13 +1355,17 @@ fn append_to_commitlog(
 
     let mut o = (0, 0);
     for filter_idx in filter_idxs {
-        let datalog = datalog.native.get_mut(filter_idx).unwrap();
+        let data = datalog.native.get_mut(filter_idx).unwrap();
         let publish_data = (publish.clone(), properties.clone());
-        let (offset, filter) = datalog.append(publish_data.into(), notifications);
+        let (offset, filter) = data.append(publish_data.into(), notifications);
         debug!(
             pkid,
             "Appended to commitlog: {}[{}, {})", filter, offset.0, offset.1,
         );
+        // mqim patch: see `Router::trim_logs`.
+        if data.log.just_rolled() {
+            datalog.trim_candidate(filter_idx);
+        }
 
         o = offset;
     }
@@ -1329,13 +1425,17 @@ fn append_will_message(
 
     let mut o = (0, 0);
     for filter_idx in filter_idxs {
-        let datalog = datalog.native.get_mut(filter_idx).unwrap();
+        let data = datalog.native.get_mut(filter_idx).unwrap();
         let publish_data = (publish.clone(), properties.clone());
-        let (offset, filter) = datalog.append(publish_data.into(), notifications);
+        let (offset, filter) = data.append(publish_data.into(), notifications);
         debug!(
             pkid,
             "Appended to commitlog: {}[{}, {})", filter, offset.0, offset.1,
         );
+        // mqim patch: see `Router::trim_logs`.
+        if data.log.just_rolled() {
+            datalog.trim_candidate(filter_idx);
+        }
 
         o = offset;
     }
@@ -1521,7 +1621,9 @@ fn forward_device_data(
         }
     }
 
-    if start != request.cursor {
+    // mqim patch: a move of the segment number alone (a reader at the end of a segment
+    // that was dropped) skips nothing and is not a jump.
+    if start.1 != request.cursor.1 {
         let error = format!(
             "Read cursor start jumped from {:?} to {:?} on {}",
             request.cursor, start, request.filter

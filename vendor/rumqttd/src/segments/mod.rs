@@ -54,6 +54,9 @@ pub struct CommitLog<T> {
     max_mem_segments: usize,
     /// Total size of active segment, used for enforcing the contraints.
     segments: VecDeque<Segment<T>>,
+    /// mqim patch: the `Storage::size` of everything held, kept as segments come and go
+    /// so that the router can report the memory its logs hold without walking them.
+    bytes: u64,
 }
 
 impl<T> CommitLog<T>
@@ -71,7 +74,9 @@ where
             panic!("at least 1 segment needs to exist in memory else what's the point of log");
         }
 
-        let mut segments = VecDeque::with_capacity(max_mem_segments);
+        // mqim patch: was `with_capacity(max_mem_segments)`; a log that is trimmed as its
+        // readers pass (`trim_before`) rarely holds more than two segments.
+        let mut segments = VecDeque::with_capacity(2);
         segments.push_back(Segment::new());
 
         Ok(Self {
@@ -80,6 +85,7 @@ where
             max_segment_size,
             max_mem_segments,
             segments,
+            bytes: 0,
         })
     }
 
@@ -137,6 +143,7 @@ where
     #[inline]
     pub fn append(&mut self, message: T) -> (u64, u64) {
         self.apply_retention();
+        self.bytes += message.size() as u64;
         let active_segment = self.active_segment_mut();
         active_segment.push(message);
         let absolute_offset = self.active_segment().next_offset();
@@ -150,16 +157,65 @@ where
             let absolute_offset = self.active_segment().next_offset();
             // If active segment is full and segments are full, apply retention policy.
             if self.memory_segments_count() >= self.max_mem_segments {
-                self.segments.pop_front();
+                if let Some(dropped) = self.segments.pop_front() {
+                    self.bytes -= dropped.size();
+                }
                 self.head += 1;
             }
 
             // Pushing a new segment into segments and updating the tail automatically changes
             // the active segment to a new empty one.
+            // mqim patch: room for as many entries as the segment before held (it was
+            // always 1,024, which for a `PublishData` is a quarter of a MiB per segment).
+            let entries = self.active_segment().len() as usize;
             self.segments
-                .push_back(Segment::with_offset(absolute_offset));
+                .push_back(Segment::with_offset_and_capacity(absolute_offset, entries));
             self.tail += 1;
         }
+    }
+
+    /// mqim patch: the `Storage::size` of everything the log holds.
+    #[inline]
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// mqim patch: whether the last `append` started a new segment (the active one holds
+    /// that one entry only), the moment to see whether older segments can go.
+    #[inline]
+    pub fn just_rolled(&self) -> bool {
+        self.segments.len() > 1 && self.active_segment().len() == 1
+    }
+
+    /// mqim patch: drops the oldest segments that every reader has passed: those that end
+    /// at or before the absolute offset `min_next`, the lowest next offset any reader of
+    /// this log will ask for. The active segment always stays. A reader whose cursor
+    /// still names a dropped segment (it stopped exactly at that segment's end) is moved
+    /// to the head at the same offset by `readv`, skipping nothing. Returns the bytes
+    /// freed.
+    pub fn trim_before(&mut self, min_next: u64) -> u64 {
+        let mut freed = 0;
+        while self.segments.len() > 1 && self.segments[1].absolute_offset <= min_next {
+            if let Some(dropped) = self.segments.pop_front() {
+                freed += dropped.size();
+            }
+            self.head += 1;
+        }
+        self.bytes -= freed;
+        freed
+    }
+
+    /// mqim patch: drops everything the log holds, keeping its offsets: the next append
+    /// continues where the last one ended, so a reader that kept a cursor is not moved
+    /// back. Returns the bytes freed.
+    pub fn clear(&mut self) -> u64 {
+        let (_, next) = self.next_offset();
+        let freed = self.bytes;
+        self.segments.clear();
+        self.segments.push_back(Segment::with_offset_and_capacity(next, 0));
+        self.head = self.tail;
+        self.bytes = 0;
+        freed
     }
 
     #[inline]
@@ -185,10 +241,15 @@ where
 
         if cursor.0 < self.head {
             let head_absolute_offset = self.segments.front().unwrap().absolute_offset;
-            warn!(
-                "given index {} less than head {}, jumping to head",
-                cursor.0, head_absolute_offset
-            );
+            // mqim patch: only a move that skips something is worth a warning; a reader
+            // that stopped at the end of a segment `trim_before` dropped moves to the
+            // head at the same offset.
+            if cursor.1 < head_absolute_offset {
+                warn!(
+                    "given index {} less than head {}, jumping to head",
+                    cursor.0, head_absolute_offset
+                );
+            }
             cursor = (self.head, head_absolute_offset);
             start = cursor;
         }

@@ -34,9 +34,19 @@ where
             total_size: 0,
         }
     }
+    /// mqim patch: `with_offset` with room for `entries` (it always made room for 1,024).
+    pub(crate) fn with_offset_and_capacity(absolute_offset: u64, entries: usize) -> Self {
+        Self {
+            data: Vec::with_capacity(entries),
+            absolute_offset,
+            total_size: 0,
+        }
+    }
     pub(crate) fn new() -> Self {
         Self {
-            data: Vec::with_capacity(1024),
+            // mqim patch: was 1,024 entries, a quarter of a MiB of `PublishData` for every
+            // filter ever subscribed; the vector grows on demand.
+            data: Vec::with_capacity(8),
             absolute_offset: 0,
             total_size: 0,
         }

@@ -1,12 +1,17 @@
-//! Topic matching of the patched rumqttd (`vendor/README.md`, "topic index"): the
-//! router finds the filters of a topic by a hash lookup of the identical filter plus a
-//! scan of the wildcard filters only, caches the result per topic, and reads the
-//! retained message of a filter without a wildcard directly. mqim itself subscribes
-//! only to exact topics, so the wildcard paths are tested here, against the standalone
-//! broker binary (the same vendored crate with rumqttd's plain codec), with real MQTT
-//! clients: exact, `+` and `#` filters; filters added before and after a topic was
-//! first published (the per-topic cache); retained messages for exact and wildcard
-//! filters.
+//! Router patches of the vendored rumqttd (`vendor/README.md`) on paths mqim itself does
+//! not take, tested against the standalone broker binary (the same vendored crate with
+//! rumqttd's plain codec) with real MQTT clients.
+//!
+//! * Topic index: the router finds the filters of a topic by a hash lookup of the
+//!   identical filter plus a scan of the wildcard filters only, caches the result per
+//!   topic, and reads the retained message of a filter without a wildcard directly.
+//!   mqim subscribes only to exact topics, so the wildcard paths are tested here:
+//!   exact, `+` and `#` filters; filters added before and after a topic was first
+//!   published (the per-topic cache); retained messages for exact and wildcard filters.
+//! * Log retention: a log drops what all its readers passed and is freed with its last
+//!   subscriber. mqim's sessions are all clean; here persistent sessions and shared
+//!   subscriptions keep rumqttd's behaviour, and a freed filter's slot, reused by
+//!   another filter, mixes nothing up.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -29,8 +34,14 @@ impl Drop for Broker {
 }
 
 fn start_broker() -> Broker {
+    start_broker_with(&[])
+}
+
+/// The broker with extra arguments after the port (segment bytes and count).
+fn start_broker_with(args: &[&str]) -> Broker {
     let mut child = Command::new(env!("CARGO_BIN_EXE_mqim-bench-rumqttd"))
         .arg("0")
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -56,12 +67,19 @@ fn start_broker() -> Broker {
 struct Client {
     client: AsyncClient,
     rx: mpsc::UnboundedReceiver<(String, String, bool)>,
+    /// One `()` per SUBACK or UNSUBACK.
     subacks: mpsc::UnboundedReceiver<()>,
 }
 
 async fn connect(port: u16, id: &str) -> Client {
+    connect_with(port, id, true).await
+}
+
+/// A client with the given clean-session flag.
+async fn connect_with(port: u16, id: &str, clean: bool) -> Client {
     let mut o = MqttOptions::new(id, "127.0.0.1", port);
     o.set_keep_alive(Duration::from_secs(30));
+    o.set_clean_session(clean);
     let (client, mut ev) = AsyncClient::new(o, 64);
     let (tx, rx) = mpsc::unbounded_channel();
     let (stx, subacks) = mpsc::unbounded_channel();
@@ -80,7 +98,7 @@ async fn connect(port: u16, id: &str) -> Client {
                     let payload = String::from_utf8_lossy(&p.payload).into_owned();
                     let _ = tx.send((topic, payload, p.retain));
                 }
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                Ok(Event::Incoming(Packet::SubAck(_) | Packet::UnsubAck(_))) => {
                     let _ = stx.send(());
                 }
                 Ok(_) => {}
@@ -109,6 +127,28 @@ impl Client {
             .await
             .expect("SUBACK within 5 s")
             .expect("event loop alive");
+    }
+
+    async fn unsubscribe(&mut self, filter: &str) {
+        self.client
+            .unsubscribe(filter)
+            .await
+            .expect("queue UNSUBSCRIBE");
+        tokio::time::timeout(Duration::from_secs(5), self.subacks.recv())
+            .await
+            .expect("UNSUBACK within 5 s")
+            .expect("event loop alive");
+    }
+
+    /// Disconnects cleanly and waits until the event loop has ended.
+    async fn disconnect(self) {
+        let _ = self.client.disconnect().await;
+        let mut rx = self.rx;
+        // The event loop drops its sender once the connection is gone.
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while rx.recv().await.is_some() {}
+        })
+        .await;
     }
 
     async fn publish(&self, topic: &str, payload: &str, retain: bool) {
@@ -259,4 +299,142 @@ async fn retained_messages_reach_exact_and_wildcard_filters() {
     let mut cleared_wild = connect(p, "cleared-wild").await;
     cleared_wild.subscribe("s/#").await;
     cleared_wild.nothing_more().await;
+}
+
+/// Publishes `n` numbered messages on `topic`, then a marker on `sync` that `sync_rx`
+/// waits for: the router handles one connection's publishes in order, so all `n` are in
+/// the log once it arrives.
+async fn publish_n(publisher: &Client, topic: &str, n: usize, sync: &mut Client, mark: &str) {
+    for i in 0..n {
+        publisher
+            .publish(topic, &format!("{i:04}-{}", "x".repeat(60)), false)
+            .await;
+    }
+    publisher.publish("sync", mark, false).await;
+    assert_eq!(sync.next(1).await[0].1, mark);
+}
+
+/// `n` numbered messages on `topic`, in order.
+fn numbered(topic: &str, n: usize) -> Vec<(String, String, bool)> {
+    (0..n)
+        .map(|i| m(topic, &format!("{i:04}-{}", "x".repeat(60)), false))
+        .collect()
+}
+
+/// Small segments (2 KiB, ~6 entries), so that the messages below fill dozens.
+const SMALL_SEGMENTS: [&str; 2] = ["2048", "200"];
+
+#[tokio::test]
+async fn a_persistent_session_gets_what_it_missed_while_clean_readers_came_and_went() {
+    let broker = start_broker_with(&SMALL_SEGMENTS);
+    let p = broker.port;
+    let publisher = connect(p, "pub").await;
+    let mut sync = connect(p, "sync").await;
+    sync.subscribe("sync").await;
+    let mut away = connect_with(p, "away", false).await;
+    away.subscribe("t/p").await;
+    away.disconnect().await;
+    // A clean reader reads everything and leaves: the log's readers have passed all of
+    // it, and then it has no subscriber at all. Neither may free what the persistent
+    // session has not had.
+    let mut clean = connect(p, "clean").await;
+    clean.subscribe("t/p").await;
+    publish_n(&publisher, "t/p", 150, &mut sync, "a").await;
+    let mut got = clean.next(150).await;
+    got.sort();
+    assert_eq!(got, numbered("t/p", 150));
+    clean.disconnect().await;
+    let mut back = connect_with(p, "away", false).await;
+    assert_eq!(back.next(150).await, numbered("t/p", 150));
+    back.nothing_more().await;
+}
+
+#[tokio::test]
+async fn a_shared_subscription_keeps_its_log_when_the_plain_subscribers_leave() {
+    let broker = start_broker_with(&SMALL_SEGMENTS);
+    let p = broker.port;
+    let publisher = connect(p, "pub").await;
+    let mut sync = connect(p, "sync").await;
+    sync.subscribe("sync").await;
+    // The group's only member acknowledges nothing for now: once its 100 in-flight
+    // slots are used, its request waits in its tracker, not among the filter's waiters.
+    let mut o = MqttOptions::new("member", "127.0.0.1", p);
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_manual_acks(true);
+    let (member, mut ev) = AsyncClient::new(o, 256);
+    let (tx, mut held) = mpsc::unbounded_channel();
+    let (stx, mut subacks) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(e) = ev.poll().await {
+            match e {
+                Event::Incoming(Packet::Publish(p)) => {
+                    let _ = tx.send(p);
+                }
+                Event::Incoming(Packet::SubAck(_)) => {
+                    let _ = stx.send(());
+                }
+                _ => {}
+            }
+        }
+    });
+    member
+        .subscribe("$share/g/t/s", QoS::AtLeastOnce)
+        .await
+        .expect("queue SUBSCRIBE");
+    tokio::time::timeout(Duration::from_secs(5), subacks.recv())
+        .await
+        .expect("SUBACK within 5 s");
+    let mut plain = connect(p, "plain").await;
+    plain.subscribe("t/s").await;
+    publish_n(&publisher, "t/s", 150, &mut sync, "a").await;
+    assert_eq!(plain.next(150).await, numbered("t/s", 150));
+    // The plain subscriber was the only one of "t/s" itself: once it leaves, the
+    // filter has no subscriber by that name, but the group still reads its log.
+    plain.unsubscribe("t/s").await;
+    plain.disconnect().await;
+    publish_n(&publisher, "t/s", 50, &mut sync, "b").await;
+    let want = [numbered("t/s", 150), numbered("t/s", 50)].concat();
+    let mut got = Vec::new();
+    while got.len() < want.len() {
+        let p = tokio::time::timeout(Duration::from_secs(5), held.recv())
+            .await
+            .unwrap_or_else(|_| panic!("the group got {} of {}", got.len(), want.len()))
+            .expect("event loop alive");
+        got.push(m(&p.topic, &String::from_utf8_lossy(&p.payload), p.retain));
+        member.ack(&p).await.expect("queue PUBACK");
+    }
+    assert_eq!(got, want);
+}
+
+#[tokio::test]
+async fn a_freed_filter_and_the_filter_that_takes_its_place_stay_apart() {
+    let broker = start_broker_with(&SMALL_SEGMENTS);
+    let p = broker.port;
+    let publisher = connect(p, "pub").await;
+    let mut sync = connect(p, "sync").await;
+    sync.subscribe("sync").await;
+    let mut a = connect(p, "a").await;
+    a.subscribe("t/a").await;
+    let mut b = connect(p, "b").await;
+    b.subscribe("t/b").await;
+    publish_n(&publisher, "t/a", 40, &mut sync, "1").await;
+    assert_eq!(a.next(40).await, numbered("t/a", 40));
+    // "t/a" loses its only subscriber (its log is freed); "t/c" is new and may get the
+    // freed slot.
+    a.unsubscribe("t/a").await;
+    let mut c = connect(p, "c").await;
+    c.subscribe("t/c").await;
+    publish_n(&publisher, "t/a", 5, &mut sync, "2").await;
+    publish_n(&publisher, "t/c", 30, &mut sync, "3").await;
+    publish_n(&publisher, "t/b", 30, &mut sync, "4").await;
+    assert_eq!(c.next(30).await, numbered("t/c", 30));
+    assert_eq!(b.next(30).await, numbered("t/b", 30));
+    a.nothing_more().await;
+    // Subscribed again, "t/a" starts afresh: new messages only, each once.
+    a.subscribe("t/a").await;
+    publish_n(&publisher, "t/a", 20, &mut sync, "5").await;
+    assert_eq!(a.next(20).await, numbered("t/a", 20));
+    a.nothing_more().await;
+    b.nothing_more().await;
+    c.nothing_more().await;
 }
