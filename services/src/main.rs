@@ -9,6 +9,12 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
+/// jemalloc instead of glibc's allocator: frames are allocated on the service thread and
+/// freed on others (the connection tasks, the router when its logs give entries back),
+/// which glibc's arenas handle badly (workspace `Cargo.toml`, BENCHMARKS.md fix 28).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// mqim — instant messaging over MQTT.
 #[derive(Parser)]
 #[command(version, about)]

@@ -2,7 +2,7 @@
 //!
 //! It starts rumqttd 0.20 the way `broker/src/embedded.rs` does — the same
 //! `RouterConfig` and `ConnectionSettings` values (mqim's defaults from
-//! `config/default.toml`), the router on its own thread, the TCP listener on a
+//! `config/default.toml`), the same allocator (jemalloc), the router on its own thread, the TCP listener on a
 //! multi-thread tokio runtime, no accept delay — but with rumqttd's plain MQTT 3.1.1
 //! codec instead of mqim's guard, no authentication and no service. Running it as its
 //! own process lets the harness account its CPU and memory separately from the load.
@@ -16,6 +16,11 @@ use std::time::Duration;
 
 use rumqttd::protocol::v4::V4;
 use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings};
+
+/// The allocator mqim's binary uses (services/src/main.rs), so that this stays the
+/// embedded broker's ceiling.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// mqim's `[mqtt]` defaults (config/default.toml), as embedded.rs uses them.
 const MAX_CONNECTIONS: usize = 18_000;
