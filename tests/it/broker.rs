@@ -448,17 +448,6 @@ async fn a_client_disconnecting_never_takes_a_newer_connection_with_it() {
     }
 }
 
-fn text_frame(cmid: &str, to: i64, content: &str) -> ClientFrame {
-    ClientFrame::Send {
-        client_msg_id: cmid.into(),
-        to_user: Some(to),
-        to_group: None,
-        msg_type: mqim_proto::MsgType::Text,
-        content: content.into(),
-        reply_to: None,
-    }
-}
-
 /// The broker keeps a log per topic for its subscribers. It used to keep up to
 /// `segment_bytes × segment_count` of every topic that ever had a subscriber, forever
 /// (memory grew with every user who received anything), and an entry for every
@@ -503,7 +492,7 @@ async fn broker_logs_hold_only_what_readers_still_need() {
             ca.send_frame(
                 a.id,
                 Format::Json,
-                &text_frame(&format!("r{round}-{i}"), b.id, &body),
+                &mqim_tests::text(&format!("r{round}-{i}"), b.id, &body),
             )
             .await;
         }
@@ -565,7 +554,7 @@ async fn broker_logs_hold_only_what_readers_still_need() {
     ca.send_frame(
         a.id,
         Format::Json,
-        &text_frame("again", b.id, "hello again"),
+        &mqim_tests::text("again", b.id, "hello again"),
     )
     .await;
     let deadline = tokio::time::Instant::now() + WAIT;

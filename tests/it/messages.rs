@@ -4,22 +4,11 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use mqim_proto::{ClientFrame, Format, MsgType, ReceiptKind, ServerFrame};
+use mqim_proto::{ClientFrame, Format, ReceiptKind, ServerFrame};
 use mqim_tests::{
-    have_tool, start_server, start_server_with, MqttClient, Received, Server, TestUser, WAIT,
+    have_tool, start_server, start_server_with, text, MqttClient, Received, Server, TestUser, WAIT,
 };
 use serde_json::json;
-
-fn text(cmid: &str, to: i64, content: &str) -> ClientFrame {
-    ClientFrame::Send {
-        client_msg_id: cmid.into(),
-        to_user: Some(to),
-        to_group: None,
-        msg_type: MsgType::Text,
-        content: content.into(),
-        reply_to: None,
-    }
-}
 
 async fn inbox_client(s: &Server, u: &TestUser, device: &str, fmt: &str) -> MqttClient {
     let mut c = s.mqtt(u, Some(device)).await;

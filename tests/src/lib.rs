@@ -22,6 +22,18 @@ use tokio::process::{Child, Command};
 pub use http::{Http, TestUser};
 pub use mqtt::{MqttClient, MqttError, Received};
 
+/// A `send` frame of a text message to user `to`.
+pub fn text(cmid: &str, to: i64, content: &str) -> mqim_proto::ClientFrame {
+    mqim_proto::ClientFrame::Send {
+        client_msg_id: cmid.into(),
+        to_user: Some(to),
+        to_group: None,
+        msg_type: mqim_proto::MsgType::Text,
+        content: content.into(),
+        reply_to: None,
+    }
+}
+
 /// Generous bound for anything that should happen "at once".
 pub const WAIT: Duration = Duration::from_secs(10);
 
