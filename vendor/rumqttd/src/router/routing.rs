@@ -162,9 +162,10 @@ impl Router {
     /// started, or a reader caught up) drop the segments all their readers have passed.
     /// A reader's position is in its request, which is parked in the filter's waiters
     /// or queued in its connection's tracker: `run_inner` calls this between events and
-    /// consumes, when no request is anywhere else, before the router waits for events
-    /// and otherwise every `TRIM_INTERVAL`, so that a log with many readers (a group
-    /// of thousands) is not walked once per reader that catches up. Pinned logs
+    /// consumes, when no request is anywhere else, at most every `TRIM_INTERVAL` (when
+    /// the router would wait for events it waits at most until then), so that a log
+    /// with many readers (a group of thousands) is not walked once per reader that
+    /// catches up, nor once per message. Pinned logs
     /// (persistent sessions, shared subscriptions; `DataLog::pin`) keep rumqttd's
     /// behaviour: their segments go only when the log is full.
     fn trim_logs(&mut self) {
@@ -258,12 +259,33 @@ impl Router {
     fn run_inner(&mut self) -> Result<(), RouterError> {
         // Block on incoming events if there are no ready connections for consumption
         if self.consume().is_none() {
-            // mqim patch: nothing to do but wait, a moment to free what was read.
-            if self.datalog.has_trim_candidates() {
-                self.trim_logs();
+            // mqim patch: nothing to do but wait, a moment to free what was read, at most
+            // once per `TRIM_INTERVAL` (an idle moment comes after every message, and a
+            // group with a slow member is listed again by each member that catches up):
+            // until then, wait for an event only as long as is left of the interval.
+            let mut event = None;
+            while self.datalog.has_trim_candidates() {
+                let since = self.last_trim.elapsed();
+                if since >= TRIM_INTERVAL {
+                    self.trim_logs();
+                    break;
+                }
+                match self.router_rx.recv_timeout(TRIM_INTERVAL - since) {
+                    Ok(e) => {
+                        event = Some(e);
+                        break;
+                    }
+                    Err(flume::RecvTimeoutError::Timeout) => {}
+                    Err(flume::RecvTimeoutError::Disconnected) => {
+                        return Err(RouterError::Disconnected)
+                    }
+                }
             }
             // trace!("{}:: {:20} {:20} {:?}", self.id, "", "done-await", self.readyqueue);
-            let (id, data) = self.router_rx.recv()?;
+            let (id, data) = match event {
+                Some(e) => e,
+                None => self.router_rx.recv()?,
+            };
             self.events(id, data);
         }
 
