@@ -963,7 +963,8 @@ async fn a_device_that_falls_behind_the_broker_log_is_closed_and_misses_nothing(
         [true]
     );
     // Beyond the 100 in flight, more than the log can keep (at most two segments of
-    // ~22 frames each), so that the first one not sent is always gone from it.
+    // ~9 frames each, entries counted at their real size), so that the first one not
+    // sent is always gone from it.
     const N: i64 = 180;
     for i in 1..=N {
         ca.send_frame(a.id, Format::Json, &text(&format!("m{i}"), b.id, "x"))
