@@ -481,11 +481,14 @@ async fn broker_logs_hold_only_what_readers_still_need() {
     let mut cb = s.mqtt(&b, Some("phone")).await;
     assert_eq!(cb.subscribe_ok(&[&inbox(&b)]).await, [true]);
 
-    // ~600 KB through bob's inbox and ~150 KB of acks through alice's: without trimming
-    // each would keep up to 63 × 4 KiB.
+    // ~400 KB through bob's inbox and ~100 KB of acks through alice's: without trimming
+    // each would keep up to 63 × 4 KiB, far above the bound checked below.
     let body = "x".repeat(400);
-    let rounds = 2;
-    let per_round = 400;
+    // Rounds of 100, each read by bob before the next: a round sent faster than bob
+    // reads must stay within the cap (63 segments, ~300 frames), or bob is rightly
+    // disconnected for falling behind.
+    let rounds = 6;
+    let per_round = 100;
     let mut seq = 0;
     for round in 0..rounds {
         for i in 0..per_round {

@@ -1651,11 +1651,19 @@ fn forward_device_data(
             request.cursor, start, request.filter
         );
 
-        warn!(
-            request_cursor = ?request.cursor,
-            start_cursor = ?start,
-            error
-        );
+        // mqim patch: a QoS 0 reader skipping ahead is what QoS 0 allows (mqim's
+        // service link never reads the sink topic it subscribes to and falls behind its
+        // tiny log all the time): debug. A QoS 1 reader is disconnected below, with a
+        // warning of its own.
+        if request.qos == 0 {
+            debug!(request_cursor = ?request.cursor, start_cursor = ?start, error);
+        } else {
+            warn!(
+                request_cursor = ?request.cursor,
+                start_cursor = ?start,
+                error
+            );
+        }
 
         let alert = alert::cursorjump(&outgoing.client_id, &request.filter, 0);
         alertlog.log(alert);

@@ -245,7 +245,9 @@ where
             // that stopped at the end of a segment `trim_before` dropped moves to the
             // head at the same offset.
             if cursor.1 < head_absolute_offset {
-                warn!(
+                // mqim patch: debug, not warn; the router says what follows from it
+                // (a QoS 1 reader is disconnected, a QoS 0 one skips ahead).
+                tracing::debug!(
                     "given index {} less than head {}, jumping to head",
                     cursor.0, head_absolute_offset
                 );
