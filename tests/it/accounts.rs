@@ -351,15 +351,7 @@ async fn operations_endpoints_and_openapi() {
             Some(json!({"username": "frank", "password": "bad-password"})),
         )
         .await;
-    let text = h
-        .client
-        .get(format!("{}/metrics", s.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics_text().await;
     for needle in [
         "mqim_mqtt_connections ",
         "mqim_registrations_total 1",

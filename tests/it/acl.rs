@@ -85,16 +85,7 @@ async fn publishes_outside_the_rules_are_dropped() {
         );
         assert_eq!(r.topic, format!("im/p/{}", b.id), "{text}");
     }
-    let m = s
-        .http
-        .client
-        .get(format!("{}/metrics", s.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = s.metrics_text().await;
     assert!(
         m.contains("mqim_mqtt_denied_total{kind=\"publish\"} 6"),
         "{m}"

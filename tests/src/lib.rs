@@ -366,10 +366,9 @@ impl Server {
         }
     }
 
-    /// The value of the metric `name` (a line `name VALUE` of `GET /metrics`).
-    pub async fn metric(&self, name: &str) -> f64 {
-        let text = self
-            .http
+    /// `GET /metrics` as text.
+    pub async fn metrics_text(&self) -> String {
+        self.http
             .client
             .get(format!("{}/metrics", self.base))
             .send()
@@ -377,7 +376,12 @@ impl Server {
             .expect("GET /metrics")
             .text()
             .await
-            .expect("metrics text");
+            .expect("metrics text")
+    }
+
+    /// The value of the metric `name` (a line `name VALUE` of `GET /metrics`).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics_text().await;
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
             .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))

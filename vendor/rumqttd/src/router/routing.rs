@@ -197,17 +197,12 @@ impl Router {
         }
     }
 
-    /// mqim patch: `id` no longer subscribes to `filter`: the filter's entry in
-    /// `subscription_map` goes when it is empty, and so does its log (`DataLog::release`).
+    /// mqim patch: `id` no longer subscribes to `filter` (it disconnected).
     fn forget_subscriber(&mut self, id: ConnectionId, filter: &str) {
-        let Some(connections) = self.subscription_map.get_mut(filter) else {
-            return;
-        };
-        connections.remove(&id);
-        if connections.is_empty() {
-            self.subscription_map.remove(filter);
-            self.datalog.release(filter);
+        if let Some(connections) = self.subscription_map.get_mut(filter) {
+            connections.remove(&id);
         }
+        release_if_unsubscribed(&mut self.subscription_map, &mut self.datalog, filter);
     }
 
     /// Gets handle to the router. This is not a public method to ensure that link
@@ -823,9 +818,6 @@ impl Router {
                             if !removed {
                                 continue;
                             }
-                            // mqim patch: the last subscriber's log is freed below.
-                            let last = connection_ids.is_empty();
-
                             let meter = &mut self.ibufs.get_mut(id).unwrap().meter;
                             meter.unregister_subscription(filter);
 
@@ -861,10 +853,12 @@ impl Router {
                             ackslog.unsuback(unsuback);
                             self.scheduler.untrack(id, filter);
                             self.datalog.remove_waiters_for_id(id, filter);
-                            if last {
-                                self.subscription_map.remove(filter);
-                                self.datalog.release(filter);
-                            }
+                            // mqim patch
+                            release_if_unsubscribed(
+                                &mut self.subscription_map,
+                                &mut self.datalog,
+                                filter,
+                            );
                             force_ack = true;
                         }
                     }
@@ -1306,6 +1300,20 @@ impl Router {
                 }
             }
         }
+    }
+}
+
+/// mqim patch: a filter nobody subscribes to any more loses its `subscription_map`
+/// entry and its log (`DataLog::release`). Called once the leaving subscriber's request
+/// is gone from the filter's waiters.
+fn release_if_unsubscribed(
+    subscription_map: &mut HashMap<Filter, HashSet<ConnectionId>>,
+    datalog: &mut DataLog,
+    filter: &str,
+) {
+    if subscription_map.get(filter).is_some_and(|c| c.is_empty()) {
+        subscription_map.remove(filter);
+        datalog.release(filter);
     }
 }
 
