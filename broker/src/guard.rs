@@ -155,6 +155,9 @@ pub struct Guard {
     shared: Arc<Shared>,
     /// The socket's peer, learnt when rumqttd cloned this codec for it.
     peer: Option<std::net::SocketAddr>,
+    /// The connection's number, taken when rumqttd cloned this codec for its socket
+    /// (accept order; see [`Registry::next_number`]). 0 in the template.
+    number: u64,
     live: Option<Live>,
     state: Mutex<State>,
 }
@@ -165,6 +168,7 @@ impl Clone for Guard {
     fn clone(&self) -> Self {
         let mut g = Guard::new(self.shared.clone());
         g.peer = crate::peer::take_accepted();
+        g.number = self.shared.registry.next_number();
         g
     }
 }
@@ -174,6 +178,7 @@ impl Guard {
         Guard {
             shared,
             peer: None,
+            number: 0,
             live: None,
             state: Mutex::new(State::default()),
         }
@@ -203,10 +208,10 @@ impl Guard {
             return Err(Error::IncorrectPacketFormat);
         }
         let peer = self.peer.map(crate::peer::resolve);
-        let conn = self
-            .shared
-            .registry
-            .insert(&connect.client_id, &login.username, peer);
+        let conn =
+            self.shared
+                .registry
+                .insert(self.number, &connect.client_id, &login.username, peer);
         let login = Some(login);
         connect.client_id = conn.internal_id.clone();
         connect.clean_session = true;
@@ -479,7 +484,11 @@ impl Protocol for Guard {
                             if let Some(closer) = self.shared.closer.get() {
                                 // The newest connection of a client id wins, whichever
                                 // CONNACK is written first (an older CONNECT can finish
-                                // its token check after a newer one).
+                                // its token check after a newer one). Newest means
+                                // accepted last (the numbers follow accept order): a
+                                // socket that sent CONNECT and hung up just before the
+                                // device reconnected can have its CONNECT read after the
+                                // reconnect's, and must not close it.
                                 let mut same = self.shared.registry.with_client_id(&conn.client_id);
                                 let newest = same.iter().map(|c| c.id).max().unwrap_or(conn.id);
                                 same.retain(|c| c.id != newest);
@@ -598,7 +607,8 @@ mod tests {
             registry: Arc::new(Registry::default()),
             closer: std::sync::OnceLock::new(),
         });
-        let mut g = Guard::new(shared);
+        // rumqttd clones the template once per accepted socket.
+        let mut g = Guard::new(shared).clone();
         let mut buf = BytesMut::new();
         // CONNECT alice/alice with a password.
         let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0b1100_0010, 0, 30];

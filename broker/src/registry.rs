@@ -213,13 +213,23 @@ fn unlink<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Vec<u64>>, key: &K, id: 
 }
 
 impl Registry {
+    /// A new connection number. The guard takes one when rumqttd's accept loop clones
+    /// it for a socket, so numbers follow the order sockets were accepted in — not the
+    /// order their CONNECTs happen to be read by their (concurrently scheduled) tasks.
+    /// Session takeover relies on it: of two connections with one client id, the one
+    /// accepted later is the newer.
+    pub(crate) fn next_number(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Registers connection number `id` (from [`Registry::next_number`]).
     pub(crate) fn insert(
         &self,
+        id: u64,
         client_id: &str,
         username: &str,
         peer: Option<std::net::SocketAddr>,
     ) -> Arc<Connection> {
-        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let conn = Arc::new(Connection {
             id,
             client_id: client_id.to_owned(),
@@ -341,9 +351,9 @@ mod tests {
     #[test]
     fn indexes_follow_insert_bind_and_remove() {
         let r = Registry::default();
-        let a = r.insert("phone", "u1", None);
-        let b = r.insert("phone", "u1", None);
-        let c = r.insert("laptop", "u2", None);
+        let a = r.insert(r.next_number(), "phone", "u1", None);
+        let b = r.insert(r.next_number(), "phone", "u1", None);
+        let c = r.insert(r.next_number(), "laptop", "u2", None);
         // Not yet authenticated: invisible to every lookup.
         assert!(r.with_client_id("phone").is_empty());
         assert!(r.of_user(1).is_empty());
@@ -364,7 +374,7 @@ mod tests {
         assert!(r.of_user(1).is_empty());
         assert!(r.with_client_id("phone").is_empty());
         // Bound after removal (a CONNECT whose socket died during the token check).
-        let d = r.insert("tablet", "u4", None);
+        let d = r.insert(r.next_number(), "tablet", "u4", None);
         r.remove(d.id);
         assert!(r.bind(&d, principal(4)));
         assert!(r.of_user(4).is_empty());

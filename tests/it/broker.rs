@@ -571,3 +571,33 @@ async fn broker_logs_hold_only_what_readers_still_need() {
         assert!(tokio::time::Instant::now() < deadline, "no new message");
     }
 }
+
+/// A socket that sends CONNECT and hangs up just before the device reconnects with the
+/// same client id can have its CONNECT read after the reconnect's (each connection's
+/// task is scheduled on its own). The reconnect is still the newer connection — it was
+/// accepted later — and must never be closed by the dead one's session takeover.
+/// (CI caught this once in `hostile_client_ids_do_not_lock_the_listener`; 200 rounds
+/// made it fail within a second.)
+#[tokio::test]
+async fn a_socket_that_hangs_up_after_connect_never_takes_over_the_reconnect() {
+    let s = start_server().await;
+    let a = s.register("alice").await;
+    for round in 0..200 {
+        for _ in 0..2 {
+            let mut sock = tokio::net::TcpStream::connect(s.mqtt_addr).await.unwrap();
+            sock.write_all(&connect_packet("alice-drop", "alice", &a.token))
+                .await
+                .unwrap();
+            drop(sock);
+        }
+        let mut c = MqttClient::connect(s.mqtt_addr, "alice-drop", "alice", &a.token)
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: the reconnect was refused: {e:?}"));
+        if round % 50 == 49 {
+            // Once the dead sockets' CONNECTs are all handled, the reconnect still stands.
+            let closed = c.closed_within(Duration::from_millis(300)).await;
+            assert_eq!(closed, None, "round {round}: the reconnect was closed");
+        }
+        c.disconnect().await;
+    }
+}

@@ -54,8 +54,12 @@ pub enum Event {
     Ready,
     /// Data for native commitlog
     DeviceData,
-    /// Disconnection request
-    Disconnect,
+    /// Disconnection request, from the link task of the connection with this client id
+    /// (mqim patch: was a bare `Disconnect`). Connection ids are reused: a link task
+    /// whose connection the router already removed (a session takeover) can send this
+    /// after a new client got the same id; the router ignores it unless the id still
+    /// belongs to this client id.
+    Disconnect(String),
     /// Shadow
     Shadow(ShadowRequest),
     /// Collect and send alerts to all alerts links

@@ -333,7 +333,11 @@ impl Router {
             Event::NewMeter(tx) => self.handle_new_meter(tx),
             Event::NewAlert(tx) => self.handle_new_alert(tx),
             Event::DeviceData => self.handle_device_payload(id),
-            Event::Disconnect => self.handle_disconnection(id, None),
+            // mqim patch: see `Event::Disconnect`.
+            Event::Disconnect(client_id) => match self.obufs.get(id) {
+                Some(o) if o.client_id == client_id => self.handle_disconnection(id, None),
+                _ => debug!(id, client_id, "stale disconnect ignored: the connection is gone"),
+            },
             Event::Ready => self.scheduler.reschedule(id, ScheduleReason::Ready),
             Event::Shadow(request) => {
                 retrieve_shadow(&mut self.datalog, &mut self.obufs[id], request)

@@ -625,7 +625,9 @@ async fn remote<P: Protocol>(
     };
 
     if send_disconnect {
-        let disconnect = Event::Disconnect;
+        // mqim patch: the client id lets the router tell whether `connection_id`
+        // is still this connection's (see `Event::Disconnect`).
+        let disconnect = Event::Disconnect(client_id.clone());
         let message = (connection_id, disconnect);
         router_tx.send(message).ok();
     }
