@@ -106,11 +106,7 @@ async fn hostile_client_ids_do_not_lock_the_listener() {
     }
     // A connection that drops right after CONNECT, twice with the same id.
     for _ in 0..2 {
-        let mut sock = tokio::net::TcpStream::connect(s.mqtt_addr).await.unwrap();
-        sock.write_all(&connect_packet("alice-drop", "alice", &a.token))
-            .await
-            .unwrap();
-        drop(sock);
+        connect_and_hang_up(s.mqtt_addr, "alice-drop", "alice", &a.token).await;
     }
     // The listener still accepts everyone, repeatedly and with the same id.
     for _ in 0..3 {
@@ -119,6 +115,14 @@ async fn hostile_client_ids_do_not_lock_the_listener() {
     }
     let b = s.register("bob").await;
     let _ = s.mqtt(&b, None).await;
+}
+
+/// Opens a socket, writes a CONNECT and closes it without waiting for the CONNACK.
+async fn connect_and_hang_up(addr: std::net::SocketAddr, client_id: &str, user: &str, pass: &str) {
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    sock.write_all(&connect_packet(client_id, user, pass))
+        .await
+        .unwrap();
 }
 
 /// A raw MQTT 3.1.1 CONNECT packet.
@@ -584,11 +588,7 @@ async fn a_socket_that_hangs_up_after_connect_never_takes_over_the_reconnect() {
     let a = s.register("alice").await;
     for round in 0..200 {
         for _ in 0..2 {
-            let mut sock = tokio::net::TcpStream::connect(s.mqtt_addr).await.unwrap();
-            sock.write_all(&connect_packet("alice-drop", "alice", &a.token))
-                .await
-                .unwrap();
-            drop(sock);
+            connect_and_hang_up(s.mqtt_addr, "alice-drop", "alice", &a.token).await;
         }
         let mut c = MqttClient::connect(s.mqtt_addr, "alice-drop", "alice", &a.token)
             .await
