@@ -15,6 +15,20 @@ use tracing_subscriber::{EnvFilter, Layer};
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's own figures for `/metrics` (`mqim_heap_*`): live bytes against what the
+/// allocator keeps resident. `epoch` refreshes jemalloc's cached statistics first.
+fn heap_stats() -> Option<mqim::metrics::HeapStats> {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    epoch::advance().ok()?;
+    let b = |v: usize| v as u64;
+    Some(mqim::metrics::HeapStats {
+        allocated: b(stats::allocated::read().ok()?),
+        active: b(stats::active::read().ok()?),
+        resident: b(stats::resident::read().ok()?),
+        retained: b(stats::retained::read().ok()?),
+    })
+}
+
 /// mqim — instant messaging over MQTT.
 #[derive(Parser)]
 #[command(version, about)]
@@ -35,6 +49,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    mqim::metrics::set_heap_reader(heap_stats);
     let cli = Cli::parse();
     let config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,

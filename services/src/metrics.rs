@@ -5,6 +5,36 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::sync::OnceLock;
+
+/// What the memory allocator holds, in bytes (jemalloc's `stats.*`).
+///
+/// RSS alone cannot tell a heap that live data fills from one that the allocator keeps
+/// after the data was freed; these figures split the two (BENCHMARKS.md, "Memory after
+/// traffic").
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HeapStats {
+    /// Bytes in live allocations.
+    pub allocated: u64,
+    /// Bytes in the pages that hold live allocations.
+    pub active: u64,
+    /// Bytes of the allocator's memory that are resident (part of RSS).
+    pub resident: u64,
+    /// Bytes the allocator mapped and gave back to the kernel but keeps reserved.
+    pub retained: u64,
+}
+
+/// Reads the allocator's figures; `None` when they cannot be read.
+pub type HeapReader = fn() -> Option<HeapStats>;
+
+static HEAP_READER: OnceLock<HeapReader> = OnceLock::new();
+
+/// Installs the reader of the heap figures. The binary does, since it chooses the
+/// global allocator; the library cannot know it, so without a reader the `heap_*`
+/// gauges stay absent from `/metrics`.
+pub fn set_heap_reader(reader: HeapReader) {
+    let _ = HEAP_READER.set(reader);
+}
 
 /// Labels of the HTTP request counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
@@ -51,6 +81,14 @@ pub struct Metrics {
     pub broker_log_topics: Gauge,
     /// Persistent sessions the embedded broker keeps for clients that are gone.
     pub broker_saved_sessions: Gauge,
+    /// Bytes in live allocations (set when rendered, if the binary installed a reader).
+    pub heap_allocated_bytes: Gauge,
+    /// Bytes of the allocator's memory that are resident.
+    pub heap_resident_bytes: Gauge,
+    /// Bytes in the pages that hold live allocations.
+    pub heap_active_bytes: Gauge,
+    /// Bytes the allocator keeps reserved after giving them back to the kernel.
+    pub heap_retained_bytes: Gauge,
 }
 
 impl Default for Metrics {
@@ -70,6 +108,10 @@ impl Default for Metrics {
             broker_log_bytes: Gauge::default(),
             broker_log_topics: Gauge::default(),
             broker_saved_sessions: Gauge::default(),
+            heap_allocated_bytes: Gauge::default(),
+            heap_resident_bytes: Gauge::default(),
+            heap_active_bytes: Gauge::default(),
+            heap_retained_bytes: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -129,6 +171,28 @@ impl Default for Metrics {
             "Sessions the broker keeps for clients that are gone",
             m.broker_saved_sessions.clone(),
         );
+        if HEAP_READER.get().is_some() {
+            registry.register(
+                "heap_allocated_bytes",
+                "Bytes in live allocations",
+                m.heap_allocated_bytes.clone(),
+            );
+            registry.register(
+                "heap_active_bytes",
+                "Bytes in the allocator's pages that hold live allocations",
+                m.heap_active_bytes.clone(),
+            );
+            registry.register(
+                "heap_resident_bytes",
+                "Bytes of the allocator's memory that are resident",
+                m.heap_resident_bytes.clone(),
+            );
+            registry.register(
+                "heap_retained_bytes",
+                "Bytes the allocator gave back to the kernel and keeps reserved",
+                m.heap_retained_bytes.clone(),
+            );
+        }
         Metrics { registry, ..m }
     }
 }
@@ -150,6 +214,18 @@ impl Metrics {
         self.broker_log_bytes.set(g(log.bytes()));
         self.broker_log_topics.set(g(log.filters()));
         self.broker_saved_sessions.set(g(log.saved_sessions()));
+    }
+
+    /// Sets the heap gauges from the installed reader, if any.
+    pub fn observe_heap(&self) {
+        let Some(stats) = HEAP_READER.get().and_then(|read| read()) else {
+            return;
+        };
+        let g = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.heap_allocated_bytes.set(g(stats.allocated));
+        self.heap_active_bytes.set(g(stats.active));
+        self.heap_resident_bytes.set(g(stats.resident));
+        self.heap_retained_bytes.set(g(stats.retained));
     }
 
     /// Prometheus text exposition.

@@ -40,6 +40,7 @@ async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
 /// GET /metrics — Prometheus text format.
 async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
     st.metrics.observe_broker(&st.broker_log);
+    st.metrics.observe_heap();
     (
         [(
             header::CONTENT_TYPE,
