@@ -576,6 +576,100 @@ async fn broker_logs_hold_only_what_readers_still_need() {
     }
 }
 
+/// The router hands its swap buffer to the next connection that sends anything, and
+/// takes that connection's buffer in exchange. The service's link hands over hundreds of
+/// publishes at once, so without a cap on what the swap buffer keeps, each of those
+/// grown buffers ended up in some device's incoming queue and stayed there (~200 KiB per
+/// device after the 1:1 benchmark: most of mqim's RSS after traffic). Devices that only
+/// now and then send a packet must not collect them; checked on the server's live heap
+/// (`mqim_heap_allocated_bytes`, jemalloc's own count). Measured: −14 to −23 KiB per
+/// device with the cap and +65 to +70 KiB without it on SQLite; +3 to +10 and +116 to
+/// +129 KiB on PostgreSQL.
+#[tokio::test]
+async fn devices_do_not_collect_the_service_links_grown_buffers() {
+    const DEVICES: usize = 40;
+    const ROUNDS: usize = DEVICES + 2;
+    let s = start_server_with(&[
+        ("MQIM_MESSAGES__RATE_PER_SEC", "100000"),
+        ("MQIM_MESSAGES__RATE_BURST", "100000"),
+    ])
+    .await;
+    let a = s.register("alice").await;
+    let b = s.register("bob").await;
+    let c = s.register("carol").await;
+    s.befriend(&a, &b).await;
+    let inbox = |u: &mqim_tests::TestUser| format!("im/u/{}/in/json", u.id);
+    let mut ca = s.mqtt(&a, Some("phone")).await;
+    assert_eq!(ca.subscribe_ok(&[&inbox(&a)]).await, [true]);
+    let mut cb = s.mqtt(&b, Some("phone")).await;
+    assert_eq!(cb.subscribe_ok(&[&inbox(&b)]).await, [true]);
+    let mut devices = Vec::new();
+    for i in 0..DEVICES {
+        devices.push(s.mqtt(&c, Some(&format!("d{i}"))).await);
+    }
+    // Alice sends a round as fast as her client lets her; the service stores them in
+    // large batches and publishes each batch's acks and messages in one hand-over.
+    let mut seq = 0;
+    // Warm up (caches, maps, the logs' first segments), then take the baseline.
+    for r in 0..2 {
+        flood_round(&mut ca, &mut cb, &a, &b, r, &mut seq).await;
+    }
+    let before = live_heap_beside_logs(&s).await;
+    for (i, d) in devices.iter_mut().enumerate() {
+        flood_round(&mut ca, &mut cb, &a, &b, 2 + i, &mut seq).await;
+        // One packet from the device: the router swaps its buffer.
+        assert_eq!(d.subscribe_ok(&[&inbox(&c)]).await, [true]);
+    }
+    let after = live_heap_beside_logs(&s).await;
+    let per_device = (after - before) / DEVICES as f64;
+    assert!(
+        per_device < 24.0 * 1024.0,
+        "the live heap grew by {:.0} KiB over {ROUNDS} rounds, {:.1} KiB per device \
+         that sent one packet (before {before}, after {after})",
+        (after - before) / 1024.0,
+        per_device / 1024.0
+    );
+}
+
+/// One round of `PER_ROUND` messages from `a` to `b`, sent back to back; waits for all
+/// acks and checks that `b` got them all, in order.
+async fn flood_round(
+    ca: &mut MqttClient,
+    cb: &mut MqttClient,
+    a: &mqim_tests::TestUser,
+    b: &mqim_tests::TestUser,
+    round: usize,
+    seq: &mut i64,
+) {
+    const PER_ROUND: usize = 300;
+    let body = "y".repeat(100);
+    for i in 0..PER_ROUND {
+        let frame = mqim_tests::text(&format!("r{round}-{i}"), b.id, &body);
+        ca.send_frame(a.id, Format::Json, &frame).await;
+    }
+    for _ in 0..PER_ROUND {
+        ca.recv_frame_where(|f| matches!(f, ServerFrame::Ack { .. }))
+            .await;
+    }
+    for _ in 0..PER_ROUND {
+        let (_, f) = cb
+            .recv_frame_where(|f| matches!(f, ServerFrame::Message(_)))
+            .await;
+        let ServerFrame::Message(m) = f else {
+            unreachable!()
+        };
+        *seq += 1;
+        assert_eq!(m.seq, *seq, "in order, none lost");
+    }
+}
+
+/// The server's live heap apart from the broker's logs, once the logs have dropped what
+/// everyone read.
+async fn live_heap_beside_logs(s: &mqim_tests::Server) -> f64 {
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.metric("mqim_heap_allocated_bytes").await - s.metric("mqim_broker_log_bytes").await
+}
+
 /// A socket that sends CONNECT and hangs up just before the device reconnects with the
 /// same client id can have its CONNECT read after the reconnect's (each connection's
 /// task is scheduled on its own). The reconnect is still the newer connection — it was

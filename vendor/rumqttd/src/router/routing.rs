@@ -24,6 +24,10 @@ use super::iobufs::{Incoming, Outgoing};
 use super::logs::{AckLog, DataLog, LogStats};
 use std::sync::Arc;
 use super::scheduler::{ScheduleReason, Scheduler};
+
+/// mqim patch: the most packets' room the router's swap buffer keeps between payloads
+/// (it is handed to the next connection that sends data: see `handle_device_payload`).
+const KEPT_CACHE_CAPACITY: usize = 32;
 use super::shared_subs::SharedGroup;
 use super::{
     packetid, Connection, DataRequest, Event, FilterIdx, Meter, Notification, Print, RouterMeter,
@@ -146,7 +150,7 @@ impl Router {
             router_rx,
             router_tx,
             router_meters: router_metrics,
-            cache: Some(VecDeque::with_capacity(MAX_CHANNEL_CAPACITY)),
+            cache: Some(VecDeque::with_capacity(KEPT_CACHE_CAPACITY)),
             shared_subscriptions: HashMap::new(),
             last_wills: HashMap::new(),
             last_trim: std::time::Instant::now(),
@@ -987,6 +991,12 @@ impl Router {
             }
         }
 
+        // mqim patch: the cache is swapped into the next connection that sends data, so
+        // a capacity grown by one link's large batch (mqim's publishing link hands over
+        // thousands of publishes at once) would spread to every connection's incoming
+        // buffer in turn and stay there: ~200 KiB per connection after the 1:1
+        // benchmark (`Packet` is 392 bytes). Keep at most `KEPT_CACHE_CAPACITY`.
+        packets.shrink_to(KEPT_CACHE_CAPACITY);
         self.cache = Some(packets);
 
         // Prepare AcksRequest in tracker if router is operating in a
