@@ -57,6 +57,9 @@ pub(crate) struct Shared {
 /// devices. The guard rewrites these publishes to the inbox topic on the way out.
 pub const DEVICE_TOPIC_PREFIX: &str = "mqim/d/";
 
+/// The most room an empty queue of unacknowledged deliveries keeps.
+const KEPT_INFLIGHT: usize = 16;
+
 /// The device topic of `client_id` of user `uid` in format `fmt`.
 pub fn device_topic(uid: i64, client_id: &str, fmt: crate::topics::Fmt) -> String {
     format!("{DEVICE_TOPIC_PREFIX}{uid}/{client_id}/{}", fmt.leaf())
@@ -316,6 +319,12 @@ impl Guard {
             }
         }
         Self::ack_dropped(&self.shared, self.live.as_ref(), state);
+        // A burst fills the queue to the broker's inflight limit (100); once all is
+        // acknowledged, give that room back rather than keep it for the connection's
+        // lifetime (test `a_group_burst_leaves_no_grown_buffers_behind`).
+        if state.inflight.is_empty() {
+            state.inflight.shrink_to(KEPT_INFLIGHT);
+        }
     }
 
     /// Acknowledges, on the client's behalf, publishes the guard did not write that are

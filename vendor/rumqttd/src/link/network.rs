@@ -12,6 +12,9 @@ use tokio::time::{error::Elapsed, Duration};
 
 use crate::protocol::{self, Packet, Protocol};
 
+/// mqim patch: the largest write buffer a connection keeps between batches.
+const KEPT_WRITE_BYTES: usize = 16 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("I/O = {0}")]
@@ -154,6 +157,12 @@ impl<P: Protocol> Network<P> {
         }
         self.socket.write_all(&self.write).await?;
         self.write.clear();
+        // mqim patch: the write buffer grew to the largest batch ever written (a group
+        // burst: tens of KiB per connection) and kept it. Start small again after one
+        // larger than `KEPT_WRITE_BYTES`.
+        if self.write.capacity() > KEPT_WRITE_BYTES {
+            self.write = BytesMut::with_capacity(1024);
+        }
         Ok(())
     }
 }

@@ -17,6 +17,9 @@ use tokio::time::error::Elapsed;
 use tokio::{select, time};
 use tracing::{trace, Span};
 
+/// mqim patch: the most notifications' room a connection's queue keeps between batches.
+const KEPT_NOTIFICATIONS: usize = 32;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("I/O")]
@@ -167,6 +170,12 @@ impl<P: Protocol> RemoteLink<P> {
                         packet
                     });
                     self.network.writev(packets).await?;
+                    // mqim patch: this queue and the router's side of it swap on every
+                    // batch and grew to the largest batch ever sent (a group burst:
+                    // up to 200 notifications of 248 bytes), never shrunk. Keep room
+                    // for `KEPT_NOTIFICATIONS`; the router's side is this one after
+                    // the next swap.
+                    self.notifications.shrink_to(KEPT_NOTIFICATIONS);
                     if unscheduled {
                         self.link_rx.wake().await?;
                     }

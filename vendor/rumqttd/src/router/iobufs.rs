@@ -20,6 +20,8 @@ const MAX_INFLIGHT: usize = 100;
 /// their maximum (200 packets of 392 bytes, 200 notifications of 248 bytes, ...: over
 /// 150 KB per connection, ~40 KB of it resident when idle); they grow on demand.
 const INITIAL_QUEUE: usize = 4;
+/// mqim patch: the most room an empty inflight queue keeps.
+const KEPT_INFLIGHT: usize = 16;
 const MAX_PKID: u16 = MAX_INFLIGHT as u16;
 
 #[derive(Debug)]
@@ -168,6 +170,11 @@ impl Outgoing {
     // Return: Out of order or unsolicited acks
     pub fn register_ack(&mut self, pkid: u16) -> Option<()> {
         let (head, _filter_idx, _cursor) = self.inflight_buffer.pop_front()?;
+        // mqim patch: a burst fills this to `MAX_INFLIGHT`; give that room back once
+        // everything is acknowledged (it is rarely empty while a burst lasts).
+        if self.inflight_buffer.is_empty() {
+            self.inflight_buffer.shrink_to(KEPT_INFLIGHT);
+        }
 
         // We don't support out of order acks
         if pkid != head {

@@ -27,7 +27,7 @@ use super::scheduler::{ScheduleReason, Scheduler};
 
 /// mqim patch: the most packets' room the router's swap buffer keeps between payloads
 /// (it is handed to the next connection that sends data: see `handle_device_payload`).
-const KEPT_CACHE_CAPACITY: usize = 32;
+const KEPT_CACHE_CAPACITY: usize = 8;
 use super::shared_subs::SharedGroup;
 use super::{
     packetid, Connection, DataRequest, Event, FilterIdx, Meter, Notification, Print, RouterMeter,
