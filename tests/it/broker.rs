@@ -495,28 +495,16 @@ async fn broker_logs_hold_only_what_readers_still_need() {
     let per_round = 100;
     let mut seq = 0;
     for round in 0..rounds {
-        for i in 0..per_round {
-            ca.send_frame(
-                a.id,
-                Format::Json,
-                &mqim_tests::text(&format!("r{round}-{i}"), b.id, &body),
-            )
-            .await;
-        }
-        for _ in 0..per_round {
-            ca.recv_frame_where(|f| matches!(f, ServerFrame::Ack { .. }))
-                .await;
-        }
-        for _ in 0..per_round {
-            let (_, f) = cb
-                .recv_frame_where(|f| matches!(f, ServerFrame::Message(_)))
-                .await;
-            let ServerFrame::Message(m) = f else {
-                unreachable!()
-            };
-            seq += 1;
-            assert_eq!(m.seq, seq, "in order, none lost");
-        }
+        let tag = format!("r{round}");
+        flood_round(
+            (&mut ca, &mut cb),
+            (&a, &b),
+            &tag,
+            per_round,
+            &body,
+            &mut seq,
+        )
+        .await;
         // Once everyone online has read everything, each topic holds its active segment
         // and at most the one before it (the router trims when its readers catch up).
         let deadline = tokio::time::Instant::now() + WAIT;
@@ -611,12 +599,16 @@ async fn devices_do_not_collect_the_service_links_grown_buffers() {
     // large batches and publishes each batch's acks and messages in one hand-over.
     let mut seq = 0;
     // Warm up (caches, maps, the logs' first segments), then take the baseline.
+    let body = "y".repeat(100);
+    let flood = 300;
     for r in 0..2 {
-        flood_round(&mut ca, &mut cb, &a, &b, r, &mut seq).await;
+        let tag = format!("w{r}");
+        flood_round((&mut ca, &mut cb), (&a, &b), &tag, flood, &body, &mut seq).await;
     }
     let before = live_heap_beside_logs(&s).await;
     for (i, d) in devices.iter_mut().enumerate() {
-        flood_round(&mut ca, &mut cb, &a, &b, 2 + i, &mut seq).await;
+        let tag = format!("d{i}");
+        flood_round((&mut ca, &mut cb), (&a, &b), &tag, flood, &body, &mut seq).await;
         // One packet from the device: the router swaps its buffer.
         assert_eq!(d.subscribe_ok(&[&inbox(&c)]).await, [true]);
     }
@@ -631,27 +623,25 @@ async fn devices_do_not_collect_the_service_links_grown_buffers() {
     );
 }
 
-/// One round of `PER_ROUND` messages from `a` to `b`, sent back to back; waits for all
-/// acks and checks that `b` got them all, in order.
+/// `n` messages from `a` to `b`, sent back to back; waits for all acks and checks that
+/// `b` got them all, in order (`seq` is the conversation's last seq so far).
 async fn flood_round(
-    ca: &mut MqttClient,
-    cb: &mut MqttClient,
-    a: &mqim_tests::TestUser,
-    b: &mqim_tests::TestUser,
-    round: usize,
+    (ca, cb): (&mut MqttClient, &mut MqttClient),
+    (a, b): (&mqim_tests::TestUser, &mqim_tests::TestUser),
+    tag: &str,
+    n: usize,
+    body: &str,
     seq: &mut i64,
 ) {
-    const PER_ROUND: usize = 300;
-    let body = "y".repeat(100);
-    for i in 0..PER_ROUND {
-        let frame = mqim_tests::text(&format!("r{round}-{i}"), b.id, &body);
+    for i in 0..n {
+        let frame = mqim_tests::text(&format!("{tag}-{i}"), b.id, body);
         ca.send_frame(a.id, Format::Json, &frame).await;
     }
-    for _ in 0..PER_ROUND {
+    for _ in 0..n {
         ca.recv_frame_where(|f| matches!(f, ServerFrame::Ack { .. }))
             .await;
     }
-    for _ in 0..PER_ROUND {
+    for _ in 0..n {
         let (_, f) = cb
             .recv_frame_where(|f| matches!(f, ServerFrame::Message(_)))
             .await;
