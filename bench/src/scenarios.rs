@@ -60,6 +60,10 @@ pub struct Sizes {
     pub settle: Duration,
     /// Idle CPU measurement window.
     pub idle: Duration,
+    /// After the broadcast: how long the members stay connected and quiet before the
+    /// server's RSS is read again (what it gives back at rest; jemalloc returns freed
+    /// pages after a 10 s decay).
+    pub rest: Duration,
     /// Offline drain: messages waiting for one device.
     pub drain_one: usize,
     /// Offline drain: devices ...
@@ -97,6 +101,7 @@ impl Sizes {
             storm_concurrency: 500,
             settle: Duration::from_secs(3),
             idle: Duration::from_secs(10),
+            rest: Duration::from_secs(15),
             drain_one: 10_000,
             drain_many: 100,
             drain_each: 1_000,
@@ -125,6 +130,7 @@ impl Sizes {
             storm_concurrency: 100,
             settle: Duration::from_millis(300),
             idle: Duration::from_secs(1),
+            rest: Duration::from_secs(1),
             drain_one: 200,
             drain_many: 5,
             drain_each: 40,
@@ -1081,6 +1087,23 @@ pub async fn storm_idle_broadcast(
             "load generator CPU during the broadcast",
             "cores",
             (cpu_secs_of(std::process::id()).unwrap_or(0.0) - me_b) / secs,
+        );
+        // Memory a server keeps after a burst, with every member still online.
+        let rss_after = t.rss_kib().unwrap_or(0);
+        tokio::time::sleep(s.rest).await;
+        let rss_rest = t.rss_kib().unwrap_or(0);
+        sink.info(
+            "server RSS right after the broadcast",
+            "MiB",
+            rss_after as f64 / 1024.0,
+        );
+        sink.info(
+            format!(
+                "server RSS {} s later, all members online and quiet",
+                s.rest.as_secs()
+            ),
+            "MiB",
+            rss_rest as f64 / 1024.0,
         );
     }
     res.lost += fan_res.lost;

@@ -13,7 +13,7 @@ use tokio::time::{error::Elapsed, Duration};
 use crate::protocol::{self, Packet, Protocol};
 
 /// mqim patch: the largest write buffer a connection keeps between batches.
-const KEPT_WRITE_BYTES: usize = 16 * 1024;
+const KEPT_WRITE_BYTES: usize = 4 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

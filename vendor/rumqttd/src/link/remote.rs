@@ -18,7 +18,7 @@ use tokio::{select, time};
 use tracing::{trace, Span};
 
 /// mqim patch: the most notifications' room a connection's queue keeps between batches.
-const KEPT_NOTIFICATIONS: usize = 32;
+const KEPT_NOTIFICATIONS: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
