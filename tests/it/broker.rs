@@ -605,14 +605,14 @@ async fn devices_do_not_collect_the_service_links_grown_buffers() {
         let tag = format!("w{r}");
         flood_round((&mut ca, &mut cb), (&a, &b), &tag, flood, &body, &mut seq).await;
     }
-    let before = live_heap_beside_logs(&s).await;
+    let before = s.live_heap_beside_logs().await;
     for (i, d) in devices.iter_mut().enumerate() {
         let tag = format!("d{i}");
         flood_round((&mut ca, &mut cb), (&a, &b), &tag, flood, &body, &mut seq).await;
         // One packet from the device: the router swaps its buffer.
         assert_eq!(d.subscribe_ok(&[&inbox(&c)]).await, [true]);
     }
-    let after = live_heap_beside_logs(&s).await;
+    let after = s.live_heap_beside_logs().await;
     let per_device = (after - before) / DEVICES as f64;
     assert!(
         per_device < 24.0 * 1024.0,
@@ -651,13 +651,6 @@ async fn flood_round(
         *seq += 1;
         assert_eq!(m.seq, *seq, "in order, none lost");
     }
-}
-
-/// The server's live heap apart from the broker's logs, once the logs have dropped what
-/// everyone read.
-async fn live_heap_beside_logs(s: &mqim_tests::Server) -> f64 {
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    s.metric("mqim_heap_allocated_bytes").await - s.metric("mqim_broker_log_bytes").await
 }
 
 /// A socket that sends CONNECT and hangs up just before the device reconnects with the

@@ -387,6 +387,27 @@ impl Server {
             .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
     }
 
+    /// The server's live heap (`mqim_heap_allocated_bytes`) apart from what the broker's
+    /// logs hold, once it has settled: read until two readings 60 ms apart (longer than
+    /// the router's 50 ms log-trimming interval) differ by less than 64 KiB, or `WAIT`
+    /// has passed (the caller's assertion then judges the last reading).
+    pub async fn live_heap_beside_logs(&self) -> f64 {
+        let read = async || {
+            self.metric("mqim_heap_allocated_bytes").await
+                - self.metric("mqim_broker_log_bytes").await
+        };
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut last = read().await;
+        loop {
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            let now = read().await;
+            if (now - last).abs() < 64.0 * 1024.0 || tokio::time::Instant::now() >= deadline {
+                return now;
+            }
+            last = now;
+        }
+    }
+
     /// The server's log so far.
     pub fn log_text(&self) -> String {
         self.logs.lock().unwrap().join("\n")

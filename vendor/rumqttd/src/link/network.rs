@@ -12,6 +12,8 @@ use tokio::time::{error::Elapsed, Duration};
 
 use crate::protocol::{self, Packet, Protocol};
 
+/// mqim patch: what a connection's read and write buffers start with.
+const INITIAL_BUFFER_BYTES: usize = 1024;
 /// mqim patch: the largest write buffer a connection keeps between batches.
 const KEPT_WRITE_BYTES: usize = 4 * 1024;
 
@@ -56,8 +58,8 @@ impl<P: Protocol> Network<P> {
             socket,
             // mqim patch: was 10 KiB each, allocated for every idle connection; both
             // grow on demand.
-            read: BytesMut::with_capacity(1024),
-            write: BytesMut::with_capacity(1024),
+            read: BytesMut::with_capacity(INITIAL_BUFFER_BYTES),
+            write: BytesMut::with_capacity(INITIAL_BUFFER_BYTES),
             max_incoming_size,
             max_connection_buffer_len,
             // Overwritten by keepalive value in connect packet, otherwise we
@@ -161,7 +163,7 @@ impl<P: Protocol> Network<P> {
         // burst: tens of KiB per connection) and kept it. Start small again after one
         // larger than `KEPT_WRITE_BYTES`.
         if self.write.capacity() > KEPT_WRITE_BYTES {
-            self.write = BytesMut::with_capacity(1024);
+            self.write = BytesMut::with_capacity(INITIAL_BUFFER_BYTES);
         }
         Ok(())
     }
