@@ -157,7 +157,7 @@ fn goal_cell(r: &Row) -> String {
 /// Formats `v` for its unit.
 pub fn fmt(v: f64, unit: &str) -> String {
     match unit {
-        "ms" | "s" | "cores" => format!("{v:.2}"),
+        "ms" | "s" | "cores" | "µs" => format!("{v:.2}"),
         "KiB" | "MiB" | "%" => format!("{v:.1}"),
         _ => group_digits(v.round() as i64),
     }

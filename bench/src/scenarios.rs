@@ -782,6 +782,7 @@ async fn fan_publish(sender: &Conn, topic: &str, to: Option<To>, idx: usize) -> 
 /// deliveries/s.
 #[allow(clippy::too_many_arguments)]
 async fn run_fan(
+    t: &Target,
     fan: &Arc<Fan>,
     sender: &Conn,
     topic: &str,
@@ -793,12 +794,14 @@ async fn run_fan(
     res: &mut Outcome,
 ) -> Result<()> {
     let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    let cpu_singles = t.cpu_secs().unwrap_or(0.0);
     for idx in 0..rounds {
         let t = fan_publish(sender, topic, to, idx).await?;
         if wait_for(s.settle_limit, || fan.complete(idx)).await {
             hist.saturating_record(fan.last[idx].load(Ordering::Relaxed).saturating_sub(t));
         }
     }
+    let cpu_burst = t.cpu_secs().unwrap_or(0.0);
     let t0 = now_us();
     fan.burst_t0.store(t0, Ordering::Relaxed);
     fan.burst_from.store(rounds as u64, Ordering::Relaxed);
@@ -809,6 +812,7 @@ async fn run_fan(
         (rounds..rounds + burst).all(|i| fan.complete(i))
     })
     .await;
+    let cpu_end = t.cpu_secs().unwrap_or(0.0);
     let last = (rounds..rounds + burst)
         .map(|i| fan.last[i].load(Ordering::Relaxed))
         .max()
@@ -860,6 +864,19 @@ async fn run_fan(
             fan.burst_quantile_ms(q),
         );
     }
+    // The server's CPU time per delivery varies less from run to run than the rates: it
+    // is what one delivery costs, whatever else the shared cores were doing.
+    let per = |cpu: f64, n: usize| cpu / (fan.m * n).max(1) as f64 * 1e6;
+    sink.info(
+        format!("server CPU per delivery, {rounds} single messages"),
+        "µs",
+        per(cpu_burst - cpu_singles, rounds),
+    );
+    sink.info(
+        format!("server CPU per delivery, burst of {burst}"),
+        "µs",
+        per(cpu_end - cpu_burst, burst),
+    );
     Ok(())
 }
 
@@ -930,6 +947,7 @@ pub async fn fan_out(
     let (sender, outbox) = fan_sender(t, pop.map(|p| &p.ring[0]), &replies).await?;
     let topic = if mqim { outbox } else { filter.clone() };
     run_fan(
+        t,
         &fan,
         &sender,
         &topic,
@@ -1066,6 +1084,7 @@ pub async fn storm_idle_broadcast(
     let mut fan_res = Outcome::default();
     if failed == 0 {
         run_fan(
+            t,
             &fan,
             &sender,
             &topic,
