@@ -93,6 +93,9 @@ pub fn parse(mqim: bool, payload: &[u8]) -> Rx<'_> {
             Err(_) => Rx::Other,
         };
     }
+    if let Some((content, seq)) = scan_message(payload) {
+        return Rx::Msg(Cow::Borrowed(content), Some(seq));
+    }
     match serde_json::from_slice::<Frame>(payload) {
         Ok(f) => match f.kind.as_ref() {
             "message" => match f.content {
@@ -105,6 +108,47 @@ pub fn parse(mqim: bool, payload: &[u8]) -> Rx<'_> {
         },
         Err(_) => Rx::Other,
     }
+}
+
+/// Content and seq of a `message` frame whose content needs no unescaping (every
+/// benchmark content), found without parsing the whole frame; `None` sends the frame
+/// to the full JSON parse.
+///
+/// The load client shares the server's two cores, so what it spends per received
+/// message is taken from the server. A full parse of mqim's ~290-byte frame cost the
+/// client several times what reading a plain broker's raw payload costs, and measurably
+/// slowed the server beside it (BENCHMARKS.md, session 15); this keeps the client's work
+/// per delivery about the same for every system.
+fn scan_message(payload: &[u8]) -> Option<(&str, i64)> {
+    const KIND: &[u8] = br#"{"type":"message","#;
+    const CONTENT: &[u8] = br#","content":""#;
+    const SEQ: &[u8] = br#","seq":"#;
+    if !payload.starts_with(KIND) {
+        return None;
+    }
+    let find = |pat: &[u8]| payload.windows(pat.len()).position(|w| w == pat);
+    let start = find(CONTENT)? + CONTENT.len();
+    let len = payload[start..].iter().position(|&b| b == b'"')?;
+    let content = &payload[start..start + len];
+    // A backslash means an escape (the first quote found may be an escaped one): leave
+    // that content to the full parse. mqim writes `seq` before `content`, and no field
+    // before them is a string that could hold either name.
+    if content.contains(&b'\\') {
+        return None;
+    }
+    let at = find(SEQ)? + SEQ.len();
+    if at > start {
+        return None;
+    }
+    let digits = payload[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    let seq = std::str::from_utf8(&payload[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()?;
+    Some((std::str::from_utf8(content).ok()?, seq))
 }
 
 /// The numeric fields of a content `tag:a:b:c:…` after `tag`.
@@ -153,6 +197,26 @@ mod tests {
             Rx::Msg(c, Some(4)) => assert_eq!(fields::<4>(&c, "m"), Some([0, 1, 2, 3])),
             other => panic!("{other:?}"),
         }
+        // A frame as mqim writes it: the scan finds what the full parse finds.
+        let frame = br#"{"type":"message","id":91,"conversation_id":"g:3","seq":17,"from":5,"to_group":3,"msg_type":"text","content":"g:4:1765100000000:xxxx","client_msg_id":"g4","created_at":1765100000000}"#;
+        assert_eq!(scan_message(frame), Some(("g:4:1765100000000:xxxx", 17)));
+        let full: Frame = serde_json::from_slice(frame).expect("json");
+        assert_eq!(full.content.as_deref(), Some("g:4:1765100000000:xxxx"));
+        assert_eq!(full.seq, Some(17));
+        // Escaped content, other field orders and other kinds go to the full parse.
+        let escaped = br#"{"type":"message","seq":2,"content":"a\"b:c","from":1}"#;
+        assert_eq!(scan_message(escaped), None);
+        match parse(true, escaped) {
+            Rx::Msg(c, Some(2)) => assert_eq!(c, "a\"b:c"),
+            other => panic!("{other:?}"),
+        }
+        let late_seq = br#"{"type":"message","content":"m:1","seq":3}"#;
+        assert_eq!(scan_message(late_seq), None);
+        assert!(matches!(parse(true, late_seq), Rx::Msg(_, Some(3))));
+        assert_eq!(
+            scan_message(br#"{"type":"ack","seq":1,"content":"x"}"#),
+            None
+        );
         assert!(matches!(
             parse(true, br#"{"type":"error","code":"rate_limited"}"#),
             Rx::Error(c) if c == "rate_limited"
