@@ -96,6 +96,10 @@ pub fn parse(mqim: bool, payload: &[u8]) -> Rx<'_> {
     if let Some((content, seq)) = scan_message(payload) {
         return Rx::Msg(Cow::Borrowed(content), Some(seq));
     }
+    // Every 1:1 message brings its sender an ack, of which nothing is read but its kind.
+    if payload.starts_with(br#"{"type":"ack","#) {
+        return Rx::Ack;
+    }
     match serde_json::from_slice::<Frame>(payload) {
         Ok(f) => match f.kind.as_ref() {
             "message" => match f.content {
@@ -217,6 +221,10 @@ mod tests {
             scan_message(br#"{"type":"ack","seq":1,"content":"x"}"#),
             None
         );
+        assert!(matches!(
+            parse(true, br#"{"type":"ack","client_msg_id":"1-2","id":5,"seq":1}"#),
+            Rx::Ack
+        ));
         assert!(matches!(
             parse(true, br#"{"type":"error","code":"rate_limited"}"#),
             Rx::Error(c) if c == "rate_limited"
