@@ -222,7 +222,10 @@ mod tests {
             None
         );
         assert!(matches!(
-            parse(true, br#"{"type":"ack","client_msg_id":"1-2","id":5,"seq":1}"#),
+            parse(
+                true,
+                br#"{"type":"ack","client_msg_id":"1-2","id":5,"seq":1}"#
+            ),
             Rx::Ack
         ));
         assert!(matches!(

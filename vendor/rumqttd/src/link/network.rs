@@ -14,8 +14,8 @@ use crate::protocol::{self, Packet, Protocol};
 
 /// mqim patch: what a connection's read and write buffers start with.
 const INITIAL_BUFFER_BYTES: usize = 1024;
-/// mqim patch: the largest write buffer a connection keeps between batches.
-const KEPT_WRITE_BYTES: usize = 4 * 1024;
+/// mqim patch: the largest read or write buffer a connection keeps between batches.
+const KEPT_BUFFER_BYTES: usize = 4 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -45,6 +45,8 @@ pub struct Network<P> {
     keepalive: Duration,
     /// Protocol
     protocol: P,
+    /// mqim patch: the read buffer grew past `KEPT_BUFFER_BYTES` (see `readv`).
+    read_grown: bool,
 }
 
 impl<P: Protocol> Network<P> {
@@ -67,6 +69,7 @@ impl<P: Protocol> Network<P> {
             // when we call read.
             keepalive: Duration::MAX,
             protocol,
+            read_grown: false,
         }
     }
 
@@ -92,6 +95,9 @@ impl<P: Protocol> Network<P> {
             }
 
             total_read += read;
+            // mqim patch: noted here, while the buffer holds what was read: once
+            // packets are split off, `capacity` no longer shows the allocation.
+            self.read_grown |= self.read.capacity() > KEPT_BUFFER_BYTES;
             if total_read >= required {
                 return Ok(total_read);
             }
@@ -132,9 +138,24 @@ impl<P: Protocol> Network<P> {
                         return Ok(connection_buffer_length);
                     }
                 }
-                Err(protocol::Error::InsufficientBytes(_)) => return Ok(packets.len()),
+                Err(protocol::Error::InsufficientBytes(_)) => {
+                    self.release_read_buffer();
+                    return Ok(packets.len());
+                }
                 Err(e) => return Err(io::Error::new(ErrorKind::InvalidData, e.to_string()).into()),
             }
+        }
+    }
+
+    /// mqim patch: a large packet (up to the maximum packet size, 256 KiB in mqim) grew
+    /// the read buffer to its size, and the connection kept that allocation for as long
+    /// as it stayed connected. Once everything read is parsed, a grown buffer is
+    /// replaced by a small one; the packets split off it keep the old allocation alive
+    /// only as long as they live themselves.
+    fn release_read_buffer(&mut self) {
+        if self.read_grown && self.read.is_empty() {
+            self.read = BytesMut::with_capacity(INITIAL_BUFFER_BYTES);
+            self.read_grown = false;
         }
     }
 
@@ -161,8 +182,8 @@ impl<P: Protocol> Network<P> {
         self.write.clear();
         // mqim patch: the write buffer grew to the largest batch ever written (a group
         // burst: tens of KiB per connection) and kept it. Start small again after one
-        // larger than `KEPT_WRITE_BYTES`.
-        if self.write.capacity() > KEPT_WRITE_BYTES {
+        // larger than `KEPT_BUFFER_BYTES`.
+        if self.write.capacity() > KEPT_BUFFER_BYTES {
             self.write = BytesMut::with_capacity(INITIAL_BUFFER_BYTES);
         }
         Ok(())
