@@ -22,6 +22,9 @@ pub struct HeapStats {
     pub resident: u64,
     /// Bytes the allocator mapped and gave back to the kernel but keeps reserved.
     pub retained: u64,
+    /// Whether the allocator's background thread returns freed pages to the kernel
+    /// while the process is quiet (see `main.rs`).
+    pub background_purge: bool,
 }
 
 /// Reads the allocator's figures; `None` when they cannot be read.
@@ -89,6 +92,8 @@ pub struct Metrics {
     pub heap_active_bytes: Gauge,
     /// Bytes the allocator keeps reserved after giving them back to the kernel.
     pub heap_retained_bytes: Gauge,
+    /// 1 when the allocator's background thread purges freed pages.
+    pub heap_background_purge: Gauge,
 }
 
 impl Default for Metrics {
@@ -112,6 +117,7 @@ impl Default for Metrics {
             heap_resident_bytes: Gauge::default(),
             heap_active_bytes: Gauge::default(),
             heap_retained_bytes: Gauge::default(),
+            heap_background_purge: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -192,6 +198,11 @@ impl Default for Metrics {
                 "Bytes the allocator gave back to the kernel and keeps reserved",
                 m.heap_retained_bytes.clone(),
             );
+            registry.register(
+                "heap_background_purge",
+                "1 when the allocator's background thread gives freed pages back while quiet",
+                m.heap_background_purge.clone(),
+            );
         }
         Metrics { registry, ..m }
     }
@@ -226,6 +237,8 @@ impl Metrics {
         self.heap_active_bytes.set(g(stats.active));
         self.heap_resident_bytes.set(g(stats.resident));
         self.heap_retained_bytes.set(g(stats.retained));
+        self.heap_background_purge
+            .set(i64::from(stats.background_purge));
     }
 
     /// Prometheus text exposition.

@@ -723,3 +723,15 @@ async fn a_large_packet_leaves_no_grown_read_buffer_behind() {
         PACKET / 1024
     );
 }
+
+/// jemalloc's background thread runs by default, so that pages freed after a burst go
+/// back to the kernel while the server is quiet (without it an idle server kept the RSS
+/// of its busiest moment); an operator's own `_RJEM_MALLOC_CONF` decides instead. The
+/// gauge reads the allocator's own setting back.
+#[tokio::test]
+async fn the_allocator_purges_in_the_background_unless_configured_otherwise() {
+    let s = start_server().await;
+    assert_eq!(s.metric("mqim_heap_background_purge").await, 1.0);
+    let s = start_server_with(&[("_RJEM_MALLOC_CONF", "background_thread:false")]).await;
+    assert_eq!(s.metric("mqim_heap_background_purge").await, 0.0);
+}

@@ -35,6 +35,11 @@ const SEGMENT_BYTES: usize = 65_536;
 const SEGMENT_COUNT: usize = 128;
 
 fn main() {
+    // The allocator set up as mqim's binary sets it up (services/src/main.rs), so that
+    // the memory a quiet server keeps compares like for like.
+    if std::env::var_os("_RJEM_MALLOC_CONF").is_none() {
+        let _ = tikv_jemalloc_ctl::background_thread::write(true);
+    }
     let port: u16 = match std::env::args().nth(1) {
         Some(p) => p.parse().unwrap_or_else(|_| panic!("bad port {p:?}")),
         None => 0,
