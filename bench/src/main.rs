@@ -63,6 +63,11 @@ struct Cli {
     /// Connections of the storm/idle/broadcast scenario, as ACCOUNTSxDEVICES.
     #[arg(long, value_name = "AxD")]
     connections: Option<String>,
+    /// Broadcast: single messages sent one at a time, then messages sent as one burst
+    /// (overrides the mode's 10,50; at least 1 each), e.g. `30,1` to profile single
+    /// messages, `1,200` a burst.
+    #[arg(long, value_name = "ROUNDS,BURST", value_delimiter = ',')]
+    broadcast: Option<Vec<usize>>,
     /// 1:1: after each rate, print (stderr) the 50 ms windows in which a message took
     /// over 10 ms — to tell periodic stalls from scattered ones.
     #[arg(long)]
@@ -173,6 +178,14 @@ async fn main() -> ExitCode {
     }
     if !cli.scenarios.contains(&Scenario::Drain) {
         sizes.drain_many = 0;
+    }
+    if let Some(b) = &cli.broadcast {
+        let [rounds, burst] = b[..] else {
+            eprintln!("--broadcast wants ROUNDS,BURST, e.g. 10,50");
+            return ExitCode::from(2);
+        };
+        sizes.bcast_rounds = rounds.max(1);
+        sizes.bcast_burst = burst.max(1);
     }
     sizes.timeline = cli.timeline;
     if let Some(k) = cli.idle_devices {
