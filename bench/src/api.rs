@@ -91,6 +91,20 @@ impl Api {
         Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
+    /// The value of an unlabelled gauge or counter `name` in `GET /metrics`.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        metric_value(&text, name)
+    }
+
     /// Registers `names` (8 at a time; the server hashes 2 at a time anyway).
     pub async fn register_all(&self, names: Vec<String>) -> Result<Vec<User>> {
         stream::iter(names)
@@ -160,5 +174,28 @@ impl Api {
                 .await?;
         }
         Ok(g.id)
+    }
+}
+
+/// The value of the sample `name` (no labels) in Prometheus text `text`.
+fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .find_map(|v| v.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metric_value;
+
+    #[test]
+    fn reads_an_unlabelled_sample() {
+        let text = "# HELP mqim_heap_allocated_bytes x\n# TYPE mqim_heap_allocated_bytes gauge\n\
+                    mqim_heap_allocated_bytes_total 7\nmqim_heap_allocated_bytes 1048576\n";
+        assert_eq!(
+            metric_value(text, "mqim_heap_allocated_bytes"),
+            Some(1048576.0)
+        );
+        assert_eq!(metric_value(text, "mqim_missing"), None);
     }
 }

@@ -20,7 +20,7 @@ mod wire;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 
@@ -68,6 +68,10 @@ struct Cli {
     /// messages, `1,200` a burst.
     #[arg(long, value_name = "ROUNDS,BURST", value_delimiter = ',')]
     broadcast: Option<Vec<usize>>,
+    /// Soak (`--scenarios soak`, not run by default): seconds of steady 1:1 traffic
+    /// while receivers reconnect (120 by default, 3 in smoke mode).
+    #[arg(long, value_name = "SECS")]
+    soak: Option<u64>,
     /// 1:1: after each rate, print (stderr) the 50 ms windows in which a message took
     /// over 10 ms — to tell periodic stalls from scattered ones.
     #[arg(long)]
@@ -93,6 +97,7 @@ enum Scenario {
     FanOut,
     Storm,
     Drain,
+    Soak,
 }
 
 impl Scenario {
@@ -102,6 +107,7 @@ impl Scenario {
             Scenario::FanOut => "group fan-out",
             Scenario::Storm => "connect storm + idle + broadcast",
             Scenario::Drain => "offline drain",
+            Scenario::Soak => "soak",
         }
     }
 }
@@ -154,6 +160,7 @@ async fn run_scenario(
         Scenario::FanOut => scenarios::fan_out(t, pop, s, out).await,
         Scenario::Storm => scenarios::storm_idle_broadcast(t, pop, s, out).await,
         Scenario::Drain => scenarios::offline_drain(t, pop, s, out).await,
+        Scenario::Soak => scenarios::soak(t, pop, s, out).await,
     }
 }
 
@@ -172,7 +179,10 @@ async fn main() -> ExitCode {
         sizes.storm_concurrency = c.max(1);
     }
     // Accounts only the skipped scenarios need are not made (registration is slow).
-    if !cli.scenarios.contains(&Scenario::OneToOne) && !cli.scenarios.contains(&Scenario::FanOut) {
+    if !cli.scenarios.contains(&Scenario::OneToOne)
+        && !cli.scenarios.contains(&Scenario::FanOut)
+        && !cli.scenarios.contains(&Scenario::Soak)
+    {
         sizes.pairs = 2;
         sizes.group = 2;
     }
@@ -186,6 +196,11 @@ async fn main() -> ExitCode {
         };
         sizes.bcast_rounds = rounds.max(1);
         sizes.bcast_burst = burst.max(1);
+    }
+    if let Some(secs) = cli.soak {
+        sizes.soak = Duration::from_secs(secs.max(1));
+        // A longer soak leaves its set-up and settling the usual time.
+        sizes.limit = sizes.limit.max(sizes.soak + Duration::from_secs(180));
     }
     sizes.timeline = cli.timeline;
     if let Some(k) = cli.idle_devices {

@@ -157,7 +157,7 @@ fn goal_cell(r: &Row) -> String {
 /// Formats `v` for its unit.
 pub fn fmt(v: f64, unit: &str) -> String {
     match unit {
-        "ms" | "s" | "cores" | "µs" => format!("{v:.2}"),
+        "ms" | "s" | "cores" | "µs" | "MiB/min" => format!("{v:.2}"),
         "KiB" | "MiB" | "%" => format!("{v:.1}"),
         _ => group_digits(v.round() as i64),
     }
@@ -187,6 +187,7 @@ mod tests {
     fn formats_and_goals() {
         assert_eq!(fmt(1234567.4, "msg/s"), "1,234,567");
         assert_eq!(fmt(1.234, "ms"), "1.23");
+        assert_eq!(fmt(-0.125, "MiB/min"), "-0.12");
         let mut out = Vec::new();
         let mut s = Sink::new("t", &mut out);
         s.add("p99", "ms", Goal::AtMost(10.0), 3.0);

@@ -80,6 +80,14 @@ pub struct Sizes {
     /// (`--idle-devices`): what a server's router carries for the devices that are
     /// connected but not talking, which is most of them.
     pub idle_devices: usize,
+    /// Soak: how long steady 1:1 traffic runs (`--soak`).
+    pub soak: Duration,
+    /// Soak: messages/s over all flows.
+    pub soak_rate: u64,
+    /// Soak: every this often a tenth of the receivers disconnect ...
+    pub soak_churn: Duration,
+    /// ... and connect again after this long.
+    pub soak_gap: Duration,
 }
 
 impl Sizes {
@@ -109,6 +117,10 @@ impl Sizes {
             limit: Duration::from_secs(300),
             timeline: false,
             idle_devices: 0,
+            soak: Duration::from_secs(120),
+            soak_rate: 2_000,
+            soak_churn: Duration::from_secs(5),
+            soak_gap: Duration::from_secs(1),
         }
     }
 
@@ -138,6 +150,10 @@ impl Sizes {
             limit: Duration::from_secs(40),
             timeline: false,
             idle_devices: 20,
+            soak: Duration::from_secs(3),
+            soak_rate: 200,
+            soak_churn: Duration::from_millis(500),
+            soak_gap: Duration::from_millis(200),
         }
     }
 }
@@ -1386,4 +1402,364 @@ pub async fn offline_drain(
     sink.info("out of order", "msgs", disorder as f64);
     replies.check(&mut res);
     Ok(res)
+}
+
+// ---------------------------------------------------------------------------------
+// Soak
+
+/// Soak: receivers of the soak, one per flow, and what they got.
+struct SoakRx {
+    seen: Vec<Mutex<Seen>>,
+    recv: AtomicU64,
+    dups: AtomicU64,
+}
+
+impl SoakRx {
+    fn handler(self: &Arc<Self>, mqim: bool) -> Handler {
+        let me = self.clone();
+        Arc::new(move |_, payload| {
+            if let Rx::Msg(c, _) = parse(mqim, payload) {
+                if let Some([flow, k]) = fields::<2>(&c, "w") {
+                    let Some(seen) = me.seen.get(flow as usize) else {
+                        return;
+                    };
+                    if lock(seen).insert(k) {
+                        me.recv.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        me.dups.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// Least-squares slope of `(seconds, value)` samples, per minute.
+fn slope_per_min(samples: &[(f64, f64)]) -> f64 {
+    let n = samples.len() as f64;
+    if n < 2.0 {
+        return 0.0;
+    }
+    let mx = samples.iter().map(|s| s.0).sum::<f64>() / n;
+    let my = samples.iter().map(|s| s.1).sum::<f64>() / n;
+    let sxx: f64 = samples.iter().map(|s| (s.0 - mx).powi(2)).sum();
+    let sxy: f64 = samples.iter().map(|s| (s.0 - mx) * (s.1 - my)).sum();
+    if sxx == 0.0 {
+        return 0.0;
+    }
+    sxy / sxx * 60.0
+}
+
+/// mqim's live heap (jemalloc's allocated bytes, from `/metrics`), in MiB.
+async fn heap_mib(api: Option<&Api>) -> Option<f64> {
+    api?.metric("mqim_heap_allocated_bytes")
+        .await
+        .map(|b| b / 1024.0 / 1024.0)
+}
+
+/// Soak: steady 1:1 traffic for a long time (`--soak`, 120 s by default) while the
+/// receivers come and go — every few seconds a tenth of them disconnect and come back
+/// a second later, and get what they missed (mqim from its store, a plain broker from
+/// the persistent session). The server's RSS (and mqim's live heap) is sampled every
+/// second: a leak per message or per reconnect shows as a slope. Nothing may be lost;
+/// a message received again after a reconnect (its PUBACK did not reach the server
+/// before the socket closed) is at-least-once delivery and only counted.
+pub async fn soak(
+    t: &Target,
+    pop: Option<&Population>,
+    s: &Sizes,
+    out: &mut Vec<crate::report::Metric>,
+) -> Result<Outcome> {
+    let mqim = t.kind == Kind::Mqim;
+    // Flow j: account 2j sends to account 2j+1 (friends in the population's ring).
+    let flows = (s.pairs.max(2) / 2).max(1);
+    let per_churn = (flows / 10).max(1);
+    let title = format!(
+        "soak — {flows} flows, {} msg/s for {} s, {per_churn} receivers reconnecting every {:.1} s, {SIZE} B, QoS 1",
+        s.soak_rate,
+        s.soak.as_secs(),
+        s.soak_churn.as_secs_f64()
+    );
+    let mut sink = Sink::new(&title, out);
+    let mut res = Outcome::default();
+    let api = match &t.http {
+        Some(base) => Some(Api::new(base)?),
+        None => None,
+    };
+    let rx = Arc::new(SoakRx {
+        seen: (0..flows).map(|_| Mutex::default()).collect(),
+        recv: AtomicU64::new(0),
+        dups: AtomicU64::new(0),
+    });
+    let replies = Arc::new(Replies::default());
+
+    // Receivers: persistent sessions on a plain broker, so that it queues for them.
+    let mut rx_opts = Vec::new();
+    let mut rx_filters = Vec::new();
+    for j in 0..flows {
+        let (mut o, filter) = match pop {
+            Some(p) => {
+                let u = &p.ring[2 * j + 1];
+                (Opts::new(t.mqtt, u.device("wr"), u.creds()), u.inbox())
+            }
+            None => (
+                Opts::new(t.mqtt, format!("wr{j}"), None),
+                format!("bench/w/{j}"),
+            ),
+        };
+        o.clean = mqim;
+        o.cap = 16;
+        rx_opts.push(o);
+        rx_filters.push(filter);
+    }
+    let handler = rx.handler(mqim);
+    let mut receivers = connect_all(
+        rx_opts
+            .iter()
+            .map(|o| (o.clone(), handler.clone()))
+            .collect(),
+        200,
+        "soak receivers failed to connect",
+    )
+    .await?;
+    subscribe_each(&mut receivers, |j| rx_filters[j].clone(), 200).await?;
+    let receivers: Vec<Option<Conn>> = receivers.into_iter().map(Some).collect();
+
+    // Senders: mqim's subscribe to their inbox for acks and error frames.
+    let mut tx_opts = Vec::new();
+    let mut dests = Vec::new();
+    for j in 0..flows {
+        let (mut o, topic, to) = match pop {
+            Some(p) => (
+                Opts::new(t.mqtt, p.ring[2 * j].device("ws"), p.ring[2 * j].creds()),
+                p.ring[2 * j].outbox(),
+                Some(To::User(p.ring[2 * j + 1].id)),
+            ),
+            None => (
+                Opts::new(t.mqtt, format!("ws{j}"), None),
+                format!("bench/w/{j}"),
+                None,
+            ),
+        };
+        o.cap = 4096;
+        let r = replies.clone();
+        let h: Handler = Arc::new(move |_, payload| match parse(mqim, payload) {
+            Rx::Ack => {
+                r.acks.fetch_add(1, Ordering::Relaxed);
+            }
+            Rx::Error(code) => r.error(code),
+            _ => {}
+        });
+        tx_opts.push((o, h));
+        dests.push((topic, to));
+    }
+    let mut senders = connect_all(tx_opts, 200, "soak senders failed to connect").await?;
+    if let Some(p) = pop {
+        subscribe_each(&mut senders, |j| p.ring[2 * j].inbox(), 200).await?;
+    }
+
+    // Churn: a task owns the receivers; it hands them back when the soak ends.
+    let start = now_us();
+    let end = start + s.soak.as_micros() as u64;
+    let (churn, gap) = (s.soak_churn, s.soak_gap);
+    let reconnects = Arc::new(AtomicU64::new(0));
+    let churner = {
+        let reconnects = reconnects.clone();
+        let handler = handler.clone();
+        let rx_filters = rx_filters.clone();
+        tokio::spawn(async move {
+            let mut receivers = receivers;
+            let mut next = 0usize;
+            while now_us() + (churn + gap).as_micros() as u64 <= end {
+                tokio::time::sleep(churn).await;
+                let batch: Vec<usize> = (0..per_churn).map(|i| (next + i) % flows).collect();
+                next = (next + per_churn) % flows;
+                let gone: Vec<Conn> = batch.iter().filter_map(|&j| receivers[j].take()).collect();
+                futures::future::join_all(gone.into_iter().map(|c| c.disconnect())).await;
+                tokio::time::sleep(gap).await;
+                let back = futures::future::join_all(batch.iter().map(|&j| {
+                    let o = rx_opts[j].clone();
+                    let h = handler.clone();
+                    let f = rx_filters[j].clone();
+                    async move {
+                        let mut c = Conn::connect(o, h, CONNECT_WAIT).await?;
+                        c.subscribe(&[f], CONNECT_WAIT).await?;
+                        anyhow::Ok(c)
+                    }
+                }))
+                .await;
+                for (&j, c) in batch.iter().zip(back) {
+                    receivers[j] = Some(c?);
+                    reconnects.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            anyhow::Ok(receivers)
+        })
+    };
+
+    // Steady sends, and a memory sample every second.
+    let rss_mib = || t.rss_kib().unwrap_or(0) as f64 / 1024.0;
+    let cpu0 = t.cpu_secs().unwrap_or(0.0);
+    let mut rss: Vec<(f64, f64)> = Vec::new();
+    let mut heap: Vec<(f64, f64)> = Vec::new();
+    let mut counters = vec![0u64; flows];
+    let mut k = 0u64;
+    let mut refused = 0u64;
+    let mut next_sample = start;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    loop {
+        tick.tick().await;
+        let now = now_us();
+        if now >= end {
+            break;
+        }
+        if now >= next_sample {
+            let secs = (now - start) as f64 / 1e6;
+            rss.push((secs, rss_mib()));
+            if let Some(h) = heap_mib(api.as_ref()).await {
+                heap.push((secs, h));
+            }
+            next_sample += 1_000_000;
+        }
+        let due = ((now - start) as u128 * s.soak_rate as u128 / 1_000_000) as u64;
+        while k < due {
+            let flow = (k % flows as u64) as usize;
+            let n = counters[flow];
+            let (topic, to) = &dests[flow];
+            let cmid = format!("w-{n}");
+            let body = payload(
+                to.map(|to| (to, cmid.as_str())),
+                &format!("w:{flow}:{n}:"),
+                SIZE,
+            );
+            match senders[flow]
+                .client
+                .try_publish(topic.as_str(), QoS::AtLeastOnce, false, body)
+            {
+                Ok(()) => counters[flow] += 1,
+                Err(_) => refused += 1,
+            }
+            k += 1;
+        }
+    }
+    let secs = (now_us() - start) as f64 / 1e6;
+    let cpu = t.cpu_secs().unwrap_or(0.0) - cpu0;
+    let receivers = churner.await??;
+    let sent: u64 = counters.iter().sum();
+    wait_for(s.settle_limit, || rx.recv.load(Ordering::Relaxed) >= sent).await;
+    let recv = rx.recv.load(Ordering::Relaxed);
+    res.lost += sent - recv.min(sent);
+    if refused > 0 {
+        res.problems
+            .push(format!("load client queue full: {refused} sends not made"));
+    }
+    replies.check(&mut res);
+    if mqim {
+        wait_for(s.settle_limit, || {
+            replies.acks.load(Ordering::Relaxed) >= sent
+        })
+        .await;
+        let acks = replies.acks.load(Ordering::Relaxed);
+        if acks < sent {
+            res.problems
+                .push(format!("{} of {sent} sends not acked", sent - acks));
+        }
+    }
+    let rss_end = rss_mib();
+    let heap_end = heap_mib(api.as_ref()).await;
+    let log_end = match &api {
+        Some(a) => a.metric("mqim_broker_log_bytes").await,
+        None => None,
+    };
+    tokio::time::sleep(s.rest).await;
+    let rss_rest = rss_mib();
+    let heap_rest = heap_mib(api.as_ref()).await;
+
+    // The first tenth is warm-up (buffers, caches, the first reconnects); the slope is
+    // taken over the second half.
+    let warm = |v: &[(f64, f64)]| {
+        v.iter()
+            .find(|x| x.0 >= secs / 10.0)
+            .or(v.last())
+            .map(|x| x.1)
+    };
+    let half = |v: &[(f64, f64)]| -> Vec<(f64, f64)> {
+        v.iter().copied().filter(|x| x.0 >= secs / 2.0).collect()
+    };
+    sink.info("messages sent", "msgs", sent as f64);
+    sink.info("sent per second", "msg/s", sent as f64 / secs);
+    sink.info(
+        "receiver reconnects",
+        "conns",
+        reconnects.load(Ordering::Relaxed) as f64,
+    );
+    sink.info("server CPU during the soak", "cores", cpu / secs);
+    sink.info(
+        "server RSS after warm-up (a tenth of the run)",
+        "MiB",
+        warm(&rss).unwrap_or(0.0),
+    );
+    sink.info("server RSS when sending stopped", "MiB", rss_end);
+    sink.info(
+        "server RSS growth over the second half",
+        "MiB/min",
+        slope_per_min(&half(&rss)),
+    );
+    sink.info(
+        format!("server RSS after {} s at rest", s.rest.as_secs()),
+        "MiB",
+        rss_rest,
+    );
+    if mqim {
+        sink.info(
+            "live heap after warm-up (mqim: jemalloc allocated)",
+            "MiB",
+            warm(&heap).unwrap_or(0.0),
+        );
+        sink.info(
+            "live heap when sending stopped",
+            "MiB",
+            heap_end.unwrap_or(0.0),
+        );
+        sink.info(
+            "live heap growth over the second half",
+            "MiB/min",
+            slope_per_min(&half(&heap)),
+        );
+        sink.info(
+            format!("live heap after {} s at rest", s.rest.as_secs()),
+            "MiB",
+            heap_rest.unwrap_or(0.0),
+        );
+        sink.info(
+            "of it the broker's per-topic message logs, when sending stopped",
+            "MiB",
+            log_end.unwrap_or(0.0) / 1024.0 / 1024.0,
+        );
+    }
+    sink.info(
+        "received again after a reconnect (at-least-once)",
+        "msgs",
+        rx.dups.load(Ordering::Relaxed) as f64,
+    );
+    sink.info("lost", "msgs", res.lost as f64);
+    drop(receivers);
+    drop(senders);
+    Ok(res)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slope_per_min;
+
+    #[test]
+    fn slope_is_per_minute_and_flat_for_flat_samples() {
+        let rising: Vec<(f64, f64)> = (0..10)
+            .map(|i| (i as f64, 100.0 + i as f64 * 0.5))
+            .collect();
+        assert!((slope_per_min(&rising) - 30.0).abs() < 1e-9);
+        let flat: Vec<(f64, f64)> = (0..10).map(|i| (i as f64, 42.0)).collect();
+        assert_eq!(slope_per_min(&flat), 0.0);
+        assert_eq!(slope_per_min(&[(1.0, 5.0)]), 0.0);
+    }
 }
