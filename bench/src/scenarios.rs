@@ -1450,6 +1450,42 @@ fn slope_per_min(samples: &[(f64, f64)]) -> f64 {
     sxy / sxx * 60.0
 }
 
+/// The soak's rows for one memory figure sampled as `(seconds, MiB)` over a run of
+/// `secs`: after warm-up (the first tenth: buffers, caches, the first reconnects), when
+/// sending stopped and after `rest` s at rest (`at`), and its growth over the second
+/// half.
+fn memory_rows(
+    sink: &mut Sink<'_>,
+    what: &str,
+    samples: &[(f64, f64)],
+    secs: f64,
+    at: [f64; 2],
+    rest: u64,
+) {
+    let warm = samples
+        .iter()
+        .find(|x| x.0 >= secs / 10.0)
+        .or(samples.last())
+        .map_or(0.0, |x| x.1);
+    let half: Vec<(f64, f64)> = samples
+        .iter()
+        .copied()
+        .filter(|x| x.0 >= secs / 2.0)
+        .collect();
+    sink.info(
+        format!("{what} after warm-up (a tenth of the run)"),
+        "MiB",
+        warm,
+    );
+    sink.info(format!("{what} when sending stopped"), "MiB", at[0]);
+    sink.info(
+        format!("{what} growth over the second half"),
+        "MiB/min",
+        slope_per_min(&half),
+    );
+    sink.info(format!("{what} after {rest} s at rest"), "MiB", at[1]);
+}
+
 /// mqim's live heap (jemalloc's allocated bytes, from `/metrics`), in MiB.
 async fn heap_mib(api: Option<&Api>) -> Option<f64> {
     api?.metric("mqim_heap_allocated_bytes")
@@ -1675,17 +1711,6 @@ pub async fn soak(
     let rss_rest = rss_mib();
     let heap_rest = heap_mib(api.as_ref()).await;
 
-    // The first tenth is warm-up (buffers, caches, the first reconnects); the slope is
-    // taken over the second half.
-    let warm = |v: &[(f64, f64)]| {
-        v.iter()
-            .find(|x| x.0 >= secs / 10.0)
-            .or(v.last())
-            .map(|x| x.1)
-    };
-    let half = |v: &[(f64, f64)]| -> Vec<(f64, f64)> {
-        v.iter().copied().filter(|x| x.0 >= secs / 2.0).collect()
-    };
     sink.info("messages sent", "msgs", sent as f64);
     sink.info("sent per second", "msg/s", sent as f64 / secs);
     sink.info(
@@ -1694,42 +1719,24 @@ pub async fn soak(
         reconnects.load(Ordering::Relaxed) as f64,
     );
     sink.info("server CPU during the soak", "cores", cpu / secs);
-    sink.info(
-        "server RSS after warm-up (a tenth of the run)",
-        "MiB",
-        warm(&rss).unwrap_or(0.0),
-    );
-    sink.info("server RSS when sending stopped", "MiB", rss_end);
-    sink.info(
-        "server RSS growth over the second half",
-        "MiB/min",
-        slope_per_min(&half(&rss)),
-    );
-    sink.info(
-        format!("server RSS after {} s at rest", s.rest.as_secs()),
-        "MiB",
-        rss_rest,
+    let rest = s.rest.as_secs();
+    memory_rows(
+        &mut sink,
+        "server RSS",
+        &rss,
+        secs,
+        [rss_end, rss_rest],
+        rest,
     );
     if mqim {
-        sink.info(
-            "live heap after warm-up (mqim: jemalloc allocated)",
-            "MiB",
-            warm(&heap).unwrap_or(0.0),
-        );
-        sink.info(
-            "live heap when sending stopped",
-            "MiB",
-            heap_end.unwrap_or(0.0),
-        );
-        sink.info(
-            "live heap growth over the second half",
-            "MiB/min",
-            slope_per_min(&half(&heap)),
-        );
-        sink.info(
-            format!("live heap after {} s at rest", s.rest.as_secs()),
-            "MiB",
-            heap_rest.unwrap_or(0.0),
+        let heap_at = [heap_end.unwrap_or(0.0), heap_rest.unwrap_or(0.0)];
+        memory_rows(
+            &mut sink,
+            "live heap (mqim: jemalloc allocated)",
+            &heap,
+            secs,
+            heap_at,
+            rest,
         );
         sink.info(
             "of it the broker's per-topic message logs, when sending stopped",
