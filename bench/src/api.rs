@@ -91,18 +91,13 @@ impl Api {
         Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
-    /// The value of an unlabelled gauge or counter `name` in `GET /metrics`.
-    pub async fn metric(&self, name: &str) -> Option<f64> {
-        let text = self
-            .http
-            .get(format!("{}/metrics", self.base))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        metric_value(&text, name)
+    /// The values of unlabelled gauges or counters `names`, from one `GET /metrics`.
+    pub async fn metrics<const N: usize>(&self, names: [&str; N]) -> [Option<f64>; N] {
+        let text = match self.http.get(format!("{}/metrics", self.base)).send().await {
+            Ok(resp) => resp.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        names.map(|name| metric_value(&text, name))
     }
 
     /// Registers `names` (8 at a time; the server hashes 2 at a time anyway).

@@ -1486,11 +1486,15 @@ fn memory_rows(
     sink.info(format!("{what} after {rest} s at rest"), "MiB", at[1]);
 }
 
-/// mqim's live heap (jemalloc's allocated bytes, from `/metrics`), in MiB.
-async fn heap_mib(api: Option<&Api>) -> Option<f64> {
-    api?.metric("mqim_heap_allocated_bytes")
+/// mqim's live heap (jemalloc's allocated bytes) and, of it, the broker's per-topic
+/// message logs, from one read of `/metrics`, in MiB.
+async fn heap_mib(api: Option<&Api>) -> [Option<f64>; 2] {
+    let Some(api) = api else {
+        return [None, None];
+    };
+    api.metrics(["mqim_heap_allocated_bytes", "mqim_broker_log_bytes"])
         .await
-        .map(|b| b / 1024.0 / 1024.0)
+        .map(|v| v.map(|b| b / 1024.0 / 1024.0))
 }
 
 /// Soak: steady 1:1 traffic for a long time (`--soak`, 120 s by default) while the
@@ -1601,8 +1605,6 @@ pub async fn soak(
     let reconnects = Arc::new(AtomicU64::new(0));
     let churner = {
         let reconnects = reconnects.clone();
-        let handler = handler.clone();
-        let rx_filters = rx_filters.clone();
         tokio::spawn(async move {
             let mut receivers = receivers;
             let mut next = 0usize;
@@ -1652,7 +1654,7 @@ pub async fn soak(
         if now >= next_sample {
             let secs = (now - start) as f64 / 1e6;
             rss.push((secs, rss_mib()));
-            if let Some(h) = heap_mib(api.as_ref()).await {
+            if let [Some(h), _] = heap_mib(api.as_ref()).await {
                 heap.push((secs, h));
             }
             next_sample += 1_000_000;
@@ -1702,14 +1704,10 @@ pub async fn soak(
         }
     }
     let rss_end = rss_mib();
-    let heap_end = heap_mib(api.as_ref()).await;
-    let log_end = match &api {
-        Some(a) => a.metric("mqim_broker_log_bytes").await,
-        None => None,
-    };
+    let [heap_end, log_end] = heap_mib(api.as_ref()).await;
     tokio::time::sleep(s.rest).await;
     let rss_rest = rss_mib();
-    let heap_rest = heap_mib(api.as_ref()).await;
+    let [heap_rest, _] = heap_mib(api.as_ref()).await;
 
     sink.info("messages sent", "msgs", sent as f64);
     sink.info("sent per second", "msg/s", sent as f64 / secs);
@@ -1741,7 +1739,7 @@ pub async fn soak(
         sink.info(
             "of it the broker's per-topic message logs, when sending stopped",
             "MiB",
-            log_end.unwrap_or(0.0) / 1024.0 / 1024.0,
+            log_end.unwrap_or(0.0),
         );
     }
     sink.info(
