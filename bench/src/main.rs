@@ -82,6 +82,11 @@ struct Cli {
     /// (Default 0; 20 in smoke mode, so that CI runs this path.)
     #[arg(long, value_name = "N")]
     idle_devices: Option<usize>,
+    /// Runs everything this many times, systems interleaved (each round starts with
+    /// the next system), and reports each figure's median with its range: on a
+    /// machine whose speed drifts by ±15 %, one round each can mislead.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    rounds: usize,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq)]
@@ -221,6 +226,10 @@ async fn main() -> ExitCode {
             }
         }
     }
+    if cli.rounds == 0 {
+        eprintln!("--rounds wants at least 1");
+        return ExitCode::from(2);
+    }
     let progs = Programs::find(cli.mqim.clone(), cli.rumqttd.clone(), cli.mosquitto.clone());
     let in_ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false");
     wire::now_us();
@@ -233,146 +242,33 @@ async fn main() -> ExitCode {
     let mut report = Report::default();
     let mut checks: Vec<Check> = Vec::new();
     let started = Instant::now();
-    for sys in &cli.targets {
-        let kind = match sys {
-            Sys::Mqim => Kind::Mqim,
-            Sys::Rumqttd => Kind::Rumqttd,
-            Sys::Mosquitto => Kind::Mosquitto,
-        };
-        if kind == Kind::Mosquitto && !progs.mosquitto.is_file() {
-            let msg = format!(
-                "Mosquitto not found at {} (apt-get install mosquitto)",
-                progs.mosquitto.display()
-            );
-            if in_ci {
-                checks.push(Check {
-                    name: "mosquitto: start".into(),
-                    ok: false,
-                    detail: msg,
-                });
-            } else {
-                println!("\nSKIPPED mosquitto: {msg}");
-            }
-            continue;
+    let rounds = cli.rounds;
+    for round in 0..rounds {
+        if rounds > 1 {
+            println!("\n# round {} of {rounds}", round + 1);
         }
-        println!("\n## {}", kind.name());
-        let mut t = match Target::start(kind, &progs).await {
-            Ok(t) => t,
-            Err(e) => {
-                checks.push(Check {
-                    name: format!("{}: start", kind.name()),
-                    ok: false,
-                    detail: format!("{e:#}"),
-                });
-                continue;
-            }
-        };
-        println!("started pid {} on {}", t.pid, t.mqtt);
-        let pop = match &t.http {
-            Some(base) => {
-                let t0 = Instant::now();
-                let res = match api::Api::new(base) {
-                    Ok(api) => {
-                        tokio::time::timeout(sizes.limit, scenarios::populate(&api, &sizes)).await
-                    }
-                    Err(e) => Ok(Err(e)),
-                };
-                match res {
-                    Ok(Ok(p)) => {
-                        println!(
-                            "accounts, friendships and groups made in {:.1?}",
-                            t0.elapsed()
-                        );
-                        Some(p)
-                    }
-                    Ok(Err(e)) => {
-                        checks.push(Check {
-                            name: format!("{}: setup", kind.name()),
-                            ok: false,
-                            detail: format!("{e:#}\n{}", t.log_tail(20)),
-                        });
-                        t.stop().await;
-                        continue;
-                    }
-                    Err(_) => {
-                        checks.push(Check {
-                            name: format!("{}: setup", kind.name()),
-                            ok: false,
-                            detail: "timed out".into(),
-                        });
-                        t.stop().await;
-                        continue;
-                    }
-                }
-            }
-            None => None,
-        };
-        for (i, &sc) in cli.scenarios.iter().enumerate() {
-            if sc == Scenario::Storm && i > 0 {
-                // Memory per idle connection is RSS growth: measure it in a fresh
-                // process, not in a heap that the scenarios before grew and freed.
-                if let Err(e) = t.restart(&progs).await {
-                    checks.push(Check {
-                        name: format!("{}: restart", kind.name()),
-                        ok: false,
-                        detail: format!("{e:#}"),
-                    });
-                    break;
-                }
-                println!("restarted as pid {} on {} (fresh heap)", t.pid, t.mqtt);
-            }
-            let t0 = Instant::now();
-            let rss0 = t.rss_kib().unwrap_or(0);
-            let dropped0 = client::DROPPED.load(Ordering::Relaxed);
-            let mut out = Vec::new();
-            let r = tokio::time::timeout(
-                sizes.limit,
-                run_scenario(sc, &t, pop.as_ref(), &sizes, &mut out),
+        // Each round starts with the next system, so that none is always the first
+        // (or last) on a machine whose speed drifts during the run.
+        let n = cli.targets.len();
+        for i in 0..n {
+            let sys = cli.targets[(i + round) % n];
+            let label = if rounds > 1 {
+                format!("round {}: ", round + 1)
+            } else {
+                String::new()
+            };
+            run_system(
+                sys,
+                &label,
+                &cli,
+                &progs,
+                &sizes,
+                in_ci,
+                &mut report,
+                &mut checks,
             )
             .await;
-            for m in out {
-                report.put(kind, m);
-            }
-            let dropped = client::DROPPED.load(Ordering::Relaxed) - dropped0;
-            let (ok, mut detail) = match r {
-                Ok(Ok(o)) => {
-                    let mut d = format!("lost {}, duplicated {}", o.lost, o.dup);
-                    for p in &o.problems {
-                        d.push_str("; ");
-                        d.push_str(p);
-                    }
-                    (o.ok(), d)
-                }
-                Ok(Err(e)) => (false, format!("error: {e:#}")),
-                Err(_) => (false, format!("timed out after {:?}", sizes.limit)),
-            };
-            let ok = ok && dropped == 0;
-            if dropped > 0 {
-                detail.push_str(&format!("; {dropped} connections dropped"));
-            }
-            if !t.alive() {
-                detail.push_str(&format!("; the server died:\n{}", t.log_tail(30)));
-            }
-            let ok = ok && t.alive();
-            println!(
-                "{} {}: {} in {:.1?}, server RSS {} → {} MiB ({detail})",
-                kind.name(),
-                sc.name(),
-                if ok { "ok" } else { "FAILED" },
-                t0.elapsed(),
-                rss0 / 1024,
-                t.rss_kib().unwrap_or(0) / 1024,
-            );
-            checks.push(Check {
-                name: format!("{}: {}", kind.name(), sc.name()),
-                ok,
-                detail,
-            });
-            if !t.alive() {
-                break;
-            }
         }
-        t.stop().await;
     }
 
     println!("\n# Results ({})\n", machine());
@@ -394,4 +290,159 @@ async fn main() -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Runs the chosen scenarios on one system: starts it, makes the accounts (mqim),
+/// runs each scenario under the time limit, and records figures and checks
+/// (`label` prefixes the checks' names, e.g. `round 2: `).
+#[allow(clippy::too_many_arguments)]
+async fn run_system(
+    sys: Sys,
+    label: &str,
+    cli: &Cli,
+    progs: &Programs,
+    sizes: &Sizes,
+    in_ci: bool,
+    report: &mut Report,
+    checks: &mut Vec<Check>,
+) {
+    let kind = match sys {
+        Sys::Mqim => Kind::Mqim,
+        Sys::Rumqttd => Kind::Rumqttd,
+        Sys::Mosquitto => Kind::Mosquitto,
+    };
+    if kind == Kind::Mosquitto && !progs.mosquitto.is_file() {
+        let msg = format!(
+            "Mosquitto not found at {} (apt-get install mosquitto)",
+            progs.mosquitto.display()
+        );
+        if in_ci {
+            checks.push(Check {
+                name: format!("{label}mosquitto: start"),
+                ok: false,
+                detail: msg,
+            });
+        } else {
+            println!("\nSKIPPED mosquitto: {msg}");
+        }
+        return;
+    }
+    println!("\n## {}", kind.name());
+    let mut t = match Target::start(kind, progs).await {
+        Ok(t) => t,
+        Err(e) => {
+            checks.push(Check {
+                name: format!("{label}{}: start", kind.name()),
+                ok: false,
+                detail: format!("{e:#}"),
+            });
+            return;
+        }
+    };
+    println!("started pid {} on {}", t.pid, t.mqtt);
+    let pop = match &t.http {
+        Some(base) => {
+            let t0 = Instant::now();
+            let res = match api::Api::new(base) {
+                Ok(api) => {
+                    tokio::time::timeout(sizes.limit, scenarios::populate(&api, sizes)).await
+                }
+                Err(e) => Ok(Err(e)),
+            };
+            match res {
+                Ok(Ok(p)) => {
+                    println!(
+                        "accounts, friendships and groups made in {:.1?}",
+                        t0.elapsed()
+                    );
+                    Some(p)
+                }
+                Ok(Err(e)) => {
+                    checks.push(Check {
+                        name: format!("{label}{}: setup", kind.name()),
+                        ok: false,
+                        detail: format!("{e:#}\n{}", t.log_tail(20)),
+                    });
+                    t.stop().await;
+                    return;
+                }
+                Err(_) => {
+                    checks.push(Check {
+                        name: format!("{label}{}: setup", kind.name()),
+                        ok: false,
+                        detail: "timed out".into(),
+                    });
+                    t.stop().await;
+                    return;
+                }
+            }
+        }
+        None => None,
+    };
+    for (i, &sc) in cli.scenarios.iter().enumerate() {
+        if sc == Scenario::Storm && i > 0 {
+            // Memory per idle connection is RSS growth: measure it in a fresh
+            // process, not in a heap that the scenarios before grew and freed.
+            if let Err(e) = t.restart(progs).await {
+                checks.push(Check {
+                    name: format!("{label}{}: restart", kind.name()),
+                    ok: false,
+                    detail: format!("{e:#}"),
+                });
+                break;
+            }
+            println!("restarted as pid {} on {} (fresh heap)", t.pid, t.mqtt);
+        }
+        let t0 = Instant::now();
+        let rss0 = t.rss_kib().unwrap_or(0);
+        let dropped0 = client::DROPPED.load(Ordering::Relaxed);
+        let mut out = Vec::new();
+        let r = tokio::time::timeout(
+            sizes.limit,
+            run_scenario(sc, &t, pop.as_ref(), sizes, &mut out),
+        )
+        .await;
+        for m in out {
+            report.put(kind, m);
+        }
+        let dropped = client::DROPPED.load(Ordering::Relaxed) - dropped0;
+        let (ok, mut detail) = match r {
+            Ok(Ok(o)) => {
+                let mut d = format!("lost {}, duplicated {}", o.lost, o.dup);
+                for p in &o.problems {
+                    d.push_str("; ");
+                    d.push_str(p);
+                }
+                (o.ok(), d)
+            }
+            Ok(Err(e)) => (false, format!("error: {e:#}")),
+            Err(_) => (false, format!("timed out after {:?}", sizes.limit)),
+        };
+        let ok = ok && dropped == 0;
+        if dropped > 0 {
+            detail.push_str(&format!("; {dropped} connections dropped"));
+        }
+        if !t.alive() {
+            detail.push_str(&format!("; the server died:\n{}", t.log_tail(30)));
+        }
+        let ok = ok && t.alive();
+        println!(
+            "{} {}: {} in {:.1?}, server RSS {} → {} MiB ({detail})",
+            kind.name(),
+            sc.name(),
+            if ok { "ok" } else { "FAILED" },
+            t0.elapsed(),
+            rss0 / 1024,
+            t.rss_kib().unwrap_or(0) / 1024,
+        );
+        checks.push(Check {
+            name: format!("{label}{}: {}", kind.name(), sc.name()),
+            ok,
+            detail,
+        });
+        if !t.alive() {
+            break;
+        }
+    }
+    t.stop().await;
 }
