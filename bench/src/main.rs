@@ -357,20 +357,15 @@ async fn run_system(
                     );
                     Some(p)
                 }
-                Ok(Err(e)) => {
+                failed => {
+                    let detail = match failed {
+                        Ok(Err(e)) => format!("{e:#}\n{}", t.log_tail(20)),
+                        _ => "timed out".into(),
+                    };
                     checks.push(Check {
                         name: format!("{label}{}: setup", kind.name()),
                         ok: false,
-                        detail: format!("{e:#}\n{}", t.log_tail(20)),
-                    });
-                    t.stop().await;
-                    return;
-                }
-                Err(_) => {
-                    checks.push(Check {
-                        name: format!("{label}{}: setup", kind.name()),
-                        ok: false,
-                        detail: "timed out".into(),
+                        detail,
                     });
                     t.stop().await;
                     return;
