@@ -558,24 +558,11 @@ pub async fn list_friends(
     limit: i64,
     offset: i64,
 ) -> ApiResult<Vec<Friend>> {
-    let rows = sqlx::query(&format!(
-        "SELECT {}, x.created_at AS since FROM friendships x JOIN users u ON u.id = x.friend_id \
-         WHERE x.user_id = $1 ORDER BY u.username LIMIT $2 OFFSET $3",
-        brief_cols("u", "")
-    ))
-    .bind(me)
-    .bind(limit)
-    .bind(offset)
-    .fetch_all(&st.db.pool)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(Friend {
-                user: brief(r, "")?,
-                since: r.try_get("since")?,
-            })
-        })
-        .collect()
+    let rows = users_since(st, "friendships", "friend_id", me, limit, offset).await?;
+    Ok(rows
+        .into_iter()
+        .map(|(user, since)| Friend { user, since })
+        .collect())
 }
 
 /// The users `me` blocks, by username.
@@ -588,9 +575,27 @@ pub async fn list_blocks(
     limit: i64,
     offset: i64,
 ) -> ApiResult<Vec<BlockedUser>> {
+    let rows = users_since(st, "blocks", "blocked_id", me, limit, offset).await?;
+    Ok(rows
+        .into_iter()
+        .map(|(user, since)| BlockedUser { user, since })
+        .collect())
+}
+
+/// The one query behind the friend and block lists: the users named by `other` in
+/// `me`'s rows of `table` (`user_id = me`), by username, each with its row's
+/// `created_at`. `table` and `other` are constants of this module, never input.
+async fn users_since(
+    st: &AppState,
+    table: &'static str,
+    other: &'static str,
+    me: i64,
+    limit: i64,
+    offset: i64,
+) -> ApiResult<Vec<(UserBrief, i64)>> {
     let rows = sqlx::query(&format!(
-        "SELECT {}, b.created_at AS since FROM blocks b JOIN users u ON u.id = b.blocked_id \
-         WHERE b.user_id = $1 ORDER BY u.username LIMIT $2 OFFSET $3",
+        "SELECT {}, x.created_at AS since FROM {table} x JOIN users u ON u.id = x.{other} \
+         WHERE x.user_id = $1 ORDER BY u.username LIMIT $2 OFFSET $3",
         brief_cols("u", "")
     ))
     .bind(me)
@@ -599,12 +604,7 @@ pub async fn list_blocks(
     .fetch_all(&st.db.pool)
     .await?;
     rows.iter()
-        .map(|r| {
-            Ok(BlockedUser {
-                user: brief(r, "")?,
-                since: r.try_get("since")?,
-            })
-        })
+        .map(|r| Ok((brief(r, "")?, r.try_get("since")?)))
         .collect()
 }
 
