@@ -152,11 +152,7 @@ async fn a_request_to_someone_who_asked_you_is_an_acceptance() {
 async fn reject_and_who_may_answer() {
     let s = start_server().await;
     let h = &s.http;
-    let (a, b, c) = (
-        s.register("alice").await,
-        s.register("bob").await,
-        s.register("carol").await,
-    );
+    let [a, b, c] = s.register_all(["alice", "bob", "carol"]).await;
     let mut ca = inbox(&s, &a, "json").await;
     let r = ask(h, &a, b.id).await;
     let rid = r.1["id"].as_i64().unwrap();
@@ -364,11 +360,7 @@ async fn request_validation_and_pagination() {
 async fn the_friend_limit_is_enforced_on_both_sides() {
     let s = start_server_with(&[("MQIM_LIMITS__MAX_FRIENDS", "1")]).await;
     let h = &s.http;
-    let (a, b, c) = (
-        s.register("alice").await,
-        s.register("bob").await,
-        s.register("carol").await,
-    );
+    let [a, b, c] = s.register_all(["alice", "bob", "carol"]).await;
     s.befriend(&a, &b).await;
     assert_error(&ask(h, &a, c.id).await, 409, "friend_limit_reached");
     // Carol has room to ask, but Alice cannot accept while full.
@@ -396,11 +388,7 @@ async fn the_friend_limit_is_enforced_on_both_sides() {
 async fn the_sender_cancels_a_pending_request_and_may_ask_again() {
     let s = start_server().await;
     let h = &s.http;
-    let (a, b, c) = (
-        s.register("alice").await,
-        s.register("bob").await,
-        s.register("carol").await,
-    );
+    let [a, b, c] = s.register_all(["alice", "bob", "carol"]).await;
     let mut cb = inbox(&s, &b, "json").await;
     let r = ask(h, &a, b.id).await;
     assert_eq!(r.0, 201, "{}", r.1);

@@ -73,11 +73,7 @@ fn ids(page: &Value, key: &str) -> Vec<i64> {
 async fn approval_join_then_approve_and_who_may_answer() {
     let s = start_server().await;
     let h = &s.http;
-    let (o, m, j) = (
-        s.register("owner").await,
-        s.register("member").await,
-        s.register("joiner").await,
-    );
+    let [o, m, j] = s.register_all(["owner", "member", "joiner"]).await;
     let gid = group(&s, &o, "Rust Club", "approval").await;
     add(&s, gid, &o, &m).await;
     let mut co = inbox(&s, &o, "json").await;
@@ -439,11 +435,7 @@ async fn a_kicked_member_stops_receiving_the_group_at_once() {
 async fn leaving_a_group() {
     let s = start_server().await;
     let h = &s.http;
-    let (o, l, r) = (
-        s.register("owner").await,
-        s.register("leaver").await,
-        s.register("remains").await,
-    );
+    let [o, l, r] = s.register_all(["owner", "leaver", "remains"]).await;
     let gid = group(&s, &o, "Club", "open").await;
     add(&s, gid, &o, &l).await;
     add(&s, gid, &o, &r).await;
@@ -491,11 +483,7 @@ async fn leaving_a_group() {
 async fn dissolving_tells_every_member() {
     let s = start_server().await;
     let h = &s.http;
-    let (o, a, m) = (
-        s.register("owner").await,
-        s.register("admin").await,
-        s.register("member").await,
-    );
+    let [o, a, m] = s.register_all(["owner", "admin", "member"]).await;
     let gid = group(&s, &o, "Short Lived", "approval").await;
     add(&s, gid, &o, &a).await;
     add(&s, gid, &o, &m).await;
@@ -548,11 +536,7 @@ async fn dissolving_tells_every_member() {
 async fn roles_ownership_transfer_and_mutes() {
     let s = start_server().await;
     let h = &s.http;
-    let (o, a, m) = (
-        s.register("owner").await,
-        s.register("admin").await,
-        s.register("member").await,
-    );
+    let [o, a, m] = s.register_all(["owner", "admin", "member"]).await;
     let gid = group(&s, &o, "Ranks", "invite_only").await;
     add(&s, gid, &o, &a).await;
     add(&s, gid, &o, &m).await;
@@ -656,11 +640,7 @@ async fn group_limits_are_enforced() {
     ])
     .await;
     let h = &s.http;
-    let (o, u, v) = (
-        s.register("owner").await,
-        s.register("user").await,
-        s.register("victor").await,
-    );
+    let [o, u, v] = s.register_all(["owner", "user", "victor"]).await;
     let g1 = group(&s, &o, "One", "open").await;
     let r = h
         .post(

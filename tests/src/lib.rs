@@ -304,6 +304,18 @@ impl Server {
         self.http.register(username).await
     }
 
+    /// Registers one user per name, in order (see [`Server::register`]).
+    pub async fn register_all<const N: usize>(&self, names: [&str; N]) -> [TestUser; N] {
+        let mut users = Vec::with_capacity(N);
+        for name in names {
+            users.push(self.register(name).await);
+        }
+        match users.try_into() {
+            Ok(users) => users,
+            Err(_) => unreachable!("one user per name"),
+        }
+    }
+
     /// Makes `a` and `b` friends: `a` asks, `b` accepts (both must succeed).
     pub async fn befriend(&self, a: &TestUser, b: &TestUser) {
         let r = self
