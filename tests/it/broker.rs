@@ -472,9 +472,7 @@ async fn broker_logs_hold_only_what_readers_still_need() {
     ])
     .await;
     let topics_at_start = s.metric("mqim_broker_log_topics").await;
-    let a = s.register("alice").await;
-    let b = s.register("bob").await;
-    s.befriend(&a, &b).await;
+    let (a, b) = s.register_friends("alice", "bob").await;
     let mut ca = s.mqtt(&a, Some("phone")).await;
     let inbox = |u: &mqim_tests::TestUser| format!("im/u/{}/in/json", u.id);
     assert_eq!(

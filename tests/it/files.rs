@@ -490,9 +490,7 @@ fn media(cmid: &str, to: i64, msg_type: MsgType, content: &str) -> ClientFrame {
 #[tokio::test]
 async fn media_messages_must_refer_to_an_uploaded_file() {
     let mut s = start_server().await;
-    let a = s.register("alice").await;
-    let b = s.register("bob").await;
-    s.befriend(&a, &b).await;
+    let (a, b) = s.register_friends("alice", "bob").await;
     let mut c = s.mqtt(&a, Some("phone")).await;
     assert_eq!(
         c.subscribe_ok(&[&format!("im/u/{}/in/json", a.id)]).await,

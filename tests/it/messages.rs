@@ -28,9 +28,7 @@ fn is_msg(f: &ServerFrame) -> bool {
 #[tokio::test]
 async fn live_one_to_one_in_both_formats_with_ack_and_dedup() {
     let s = start_server().await;
-    let a = s.register("alice").await;
-    let b = s.register("bob").await;
-    s.befriend(&a, &b).await;
+    let (a, b) = s.register_friends("alice", "bob").await;
     let mut sender = inbox_client(&s, &a, "phone", "json").await;
     let mut bj = inbox_client(&s, &b, "web", "json").await;
     let mut bp = inbox_client(&s, &b, "app", "pb").await;
@@ -326,9 +324,7 @@ async fn receipts_typing_recall_and_sync() {
 #[tokio::test]
 async fn recall_window_is_enforced() {
     let s = start_server_with(&[("MQIM_MESSAGES__RECALL_WINDOW_SECS", "0")]).await;
-    let a = s.register("alice").await;
-    let b = s.register("bob").await;
-    s.befriend(&a, &b).await;
+    let (a, b) = s.register_friends("alice", "bob").await;
     let r = s
         .http
         .post(
@@ -361,9 +357,7 @@ async fn recall_window_is_enforced() {
 #[tokio::test]
 async fn rest_send_history_read_and_conversations() {
     let s = start_server().await;
-    let a = s.register("alice").await;
-    let b = s.register("bob").await;
-    s.befriend(&a, &b).await;
+    let (a, b) = s.register_friends("alice", "bob").await;
     let mut cb = inbox_client(&s, &b, "phone", "json").await;
     for i in 1..=5 {
         let r = s.http.post("/api/v1/messages", &a.token, json!({"client_msg_id": format!("c{i}"), "to_user": b.id, "msg_type": "text", "content": format!("n{i}")})).await;
@@ -462,9 +456,7 @@ async fn offline_backlog_reaches_mosquitto_sub_in_order_once() {
         return;
     }
     let s = start_server().await;
-    let a = s.register("alice").await;
-    let b = s.register("bob").await;
-    s.befriend(&a, &b).await;
+    let (a, b) = s.register_friends("alice", "bob").await;
     for i in 1..=30 {
         let r = s.http.post("/api/v1/messages", &a.token, json!({"client_msg_id": format!("o{i}"), "to_user": b.id, "msg_type": "text", "content": format!("offline {i}")})).await;
         assert_eq!(r.0, 201);
@@ -526,9 +518,7 @@ async fn offline_backlog_reaches_mosquitto_sub_in_order_once() {
 #[tokio::test]
 async fn backlog_survives_restart_and_kill9_loses_no_acked_message() {
     let mut s = start_server_with(&[("MQIM_MESSAGES__RATE_BURST", "5000")]).await;
-    let a = s.register("alice").await;
-    let b = s.register("bob").await;
-    s.befriend(&a, &b).await;
+    let (a, b) = s.register_friends("alice", "bob").await;
     {
         let mut sender = inbox_client(&s, &a, "phone", "json").await;
         sender
@@ -631,9 +621,7 @@ async fn backlog_survives_restart_and_kill9_loses_no_acked_message() {
 #[tokio::test]
 async fn a_clean_restart_resends_nothing_the_device_acknowledged() {
     let mut s = start_server().await;
-    let a = s.register("alice").await;
-    let b = s.register("bob").await;
-    s.befriend(&a, &b).await;
+    let (a, b) = s.register_friends("alice", "bob").await;
     {
         let sender = inbox_client(&s, &a, "phone", "json").await;
         let mut cb = inbox_client(&s, &b, "phone", "json").await;
@@ -686,9 +674,7 @@ async fn reconnects_to_nothing(s: &Server, u: &TestUser, device: &str, when: &st
 #[tokio::test]
 async fn the_sending_device_gets_its_ack_not_a_copy() {
     let mut s = start_server().await;
-    let a = s.register("alice").await;
-    let b = s.register("bob").await;
-    s.befriend(&a, &b).await;
+    let (a, b) = s.register_friends("alice", "bob").await;
     let mut phone = inbox_client(&s, &a, "phone", "json").await;
     let mut laptop = inbox_client(&s, &a, "laptop", "pb").await;
     let mut cb = inbox_client(&s, &b, "web", "json").await;
@@ -758,9 +744,7 @@ async fn backlog_head(
 #[tokio::test]
 async fn a_live_ack_during_the_backlog_does_not_skip_the_rest_of_it() {
     let s = start_server_with(&[("MQIM_MESSAGES__BACKLOG_WINDOW", "2")]).await;
-    let a = s.register("alice").await;
-    let b = s.register("bob").await;
-    s.befriend(&a, &b).await;
+    let (a, b) = s.register_friends("alice", "bob").await;
     let mut ca = inbox_client(&s, &a, "phone", "json").await;
     let send = |i: i64| text(&format!("m{i}"), b.id, "x");
     for i in 1..=5 {
@@ -818,9 +802,7 @@ async fn a_live_ack_during_the_backlog_does_not_skip_the_rest_of_it() {
 #[tokio::test]
 async fn a_lone_sending_device_is_not_sent_its_own_messages_later() {
     let mut s = start_server().await;
-    let a = s.register("alice").await;
-    let b = s.register("bob").await;
-    s.befriend(&a, &b).await;
+    let (a, b) = s.register_friends("alice", "bob").await;
     let mut phone = inbox_client(&s, &a, "phone", "json").await;
     let mut cb = inbox_client(&s, &b, "web", "json").await;
     for i in 1..=3 {
@@ -864,9 +846,7 @@ async fn a_flood_of_sync_frames_does_not_hold_up_other_users_messages() {
         ("MQIM_MESSAGES__RATE_PER_SEC", "1000"),
     ])
     .await;
-    let a = s.register("alice").await;
-    let b = s.register("bob").await;
-    s.befriend(&a, &b).await;
+    let (a, b) = s.register_friends("alice", "bob").await;
     let mut ca = inbox_client(&s, &a, "phone", "json").await;
     // History to make each sync do real work: 500 messages.
     const HISTORY: usize = 500;
@@ -951,9 +931,7 @@ async fn a_device_that_falls_behind_the_broker_log_is_closed_and_misses_nothing(
         ("MQIM_MESSAGES__MAX_CONTENT_BYTES", "512"),
     ])
     .await;
-    let a = s.register("alice").await;
-    let b = s.register("bob").await;
-    s.befriend(&a, &b).await;
+    let (a, b) = s.register_friends("alice", "bob").await;
     let mut ca = inbox_client(&s, &a, "phone", "json").await;
     // Bob's phone receives but acknowledges nothing yet: once its 100 in-flight slots
     // are used, the rest waits in the broker's log, which drops most of it.

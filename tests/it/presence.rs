@@ -23,9 +23,7 @@ async fn next_presence(watcher: &mut MqttClient, uid: i64) -> Value {
 #[tokio::test]
 async fn presence_follows_all_devices_and_survives_restart() {
     let mut s = start_server().await;
-    let a = s.register("alice").await;
-    let b = s.register("bob").await;
-    s.befriend(&a, &b).await;
+    let (a, b) = s.register_friends("alice", "bob").await;
     let mut watcher = s.mqtt(&b, Some("w")).await;
     let topic = format!("im/p/{}", a.id);
     assert_eq!(watcher.subscribe_ok(&[&topic]).await, [true]);
@@ -67,9 +65,7 @@ async fn presence_follows_all_devices_and_survives_restart() {
 #[tokio::test]
 async fn a_reconnect_burst_is_coalesced() {
     let s = start_server().await;
-    let a = s.register("alice").await;
-    let b = s.register("bob").await;
-    s.befriend(&a, &b).await;
+    let (a, b) = s.register_friends("alice", "bob").await;
     let _keep = s.mqtt(&a, Some("keep")).await;
     let mut watcher = s.mqtt(&b, None).await;
     assert_eq!(
@@ -335,9 +331,7 @@ fn connect_packet(client_id: &str, user: &str, pass: &str) -> Vec<u8> {
 async fn a_silent_device_goes_offline_after_its_keep_alive() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let s = start_server().await;
-    let a = s.register("alice").await;
-    let b = s.register("bob").await;
-    s.befriend(&a, &b).await;
+    let (a, b) = s.register_friends("alice", "bob").await;
     let mut watcher = s.mqtt(&b, None).await;
     assert_eq!(
         watcher.subscribe_ok(&[&format!("im/p/{}", a.id)]).await,

@@ -316,6 +316,13 @@ impl Server {
         }
     }
 
+    /// Registers two users and makes them friends ([`Server::befriend`]).
+    pub async fn register_friends(&self, a: &str, b: &str) -> (TestUser, TestUser) {
+        let (a, b) = (self.register(a).await, self.register(b).await);
+        self.befriend(&a, &b).await;
+        (a, b)
+    }
+
     /// Makes `a` and `b` friends: `a` asks, `b` accepts (both must succeed).
     pub async fn befriend(&self, a: &TestUser, b: &TestUser) {
         let r = self
