@@ -100,7 +100,6 @@ async fn mosquitto_clients_are_denied_too() {
     let s = start_server().await;
     let a = s.register("alice").await;
     let b = s.register("bob").await;
-    let port = s.mqtt_addr.port().to_string();
     for filter in [
         "#".to_owned(),
         format!("im/u/{}/in/json", b.id),
@@ -108,24 +107,14 @@ async fn mosquitto_clients_are_denied_too() {
     ] {
         let out = tokio::time::timeout(
             WAIT,
-            tokio::process::Command::new("mosquitto_sub")
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &port,
-                    "-i",
-                    "alice-cli",
-                    "-u",
-                    "alice",
-                    "-P",
-                    &a.token,
-                    "-t",
-                    &filter,
-                    "-W",
-                    "5",
-                ])
-                .output(),
+            s.mosquitto(
+                "mosquitto_sub",
+                "alice-cli",
+                "alice",
+                &a.token,
+                &["-t", &filter, "-W", "5"],
+            )
+            .output(),
         )
         .await
         .unwrap()
@@ -141,25 +130,21 @@ async fn mosquitto_clients_are_denied_too() {
             .await,
         [true]
     );
-    let st = tokio::process::Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-i",
+    let st = s
+        .mosquitto(
+            "mosquitto_pub",
             "alice-pub",
-            "-u",
             "alice",
-            "-P",
             &a.token,
-            "-q",
-            "1",
-            "-t",
-            &format!("im/u/{}/in/json", b.id),
-            "-m",
-            "forged",
-        ])
+            &[
+                "-q",
+                "1",
+                "-t",
+                &format!("im/u/{}/in/json", b.id),
+                "-m",
+                "forged",
+            ],
+        )
         .status()
         .await
         .unwrap();

@@ -315,25 +315,15 @@ async fn mosquitto_clients_authenticate_with_tokens() {
     }
     let s = start_server().await;
     let a = s.register("alice").await;
-    let port = s.mqtt_addr.port().to_string();
     // A wrong token: mosquitto_sub gives up with an error.
-    let out = tokio::process::Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-i",
+    let out = s
+        .mosquitto(
+            "mosquitto_sub",
             "alice-cli",
-            "-u",
             "alice",
-            "-P",
             "wrong",
-            "-t",
-            "x",
-            "-W",
-            "3",
-        ])
+            &["-t", "x", "-W", "3"],
+        )
         .output()
         .await
         .unwrap();
@@ -341,27 +331,14 @@ async fn mosquitto_clients_authenticate_with_tokens() {
     // The right token: subscribe to the inbox and receive a pong for a ping sent with
     // mosquitto_pub.
     let inbox = format!("im/u/{}/in/json", a.id);
-    let mut sub = tokio::process::Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-i",
+    let mut sub = s
+        .mosquitto(
+            "mosquitto_sub",
             "alice-cli",
-            "-u",
             "alice",
-            "-P",
             &a.token,
-            "-q",
-            "1",
-            "-t",
-            &inbox,
-            "-C",
-            "1",
-            "-W",
-            "10",
-        ])
+            &["-q", "1", "-t", &inbox, "-C", "1", "-W", "10"],
+        )
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -369,25 +346,14 @@ async fn mosquitto_clients_authenticate_with_tokens() {
     let outbox = format!("im/u/{}/out/json", a.id);
     let deadline = tokio::time::Instant::now() + WAIT;
     let out = loop {
-        let st = tokio::process::Command::new("mosquitto_pub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-i",
+        let st = s
+            .mosquitto(
+                "mosquitto_pub",
                 "alice-pub",
-                "-u",
                 "alice",
-                "-P",
                 &a.token,
-                "-q",
-                "1",
-                "-t",
-                &outbox,
-                "-m",
-                r#"{"type":"ping"}"#,
-            ])
+                &["-q", "1", "-t", &outbox, "-m", r#"{"type":"ping"}"#],
+            )
             .status()
             .await
             .unwrap();

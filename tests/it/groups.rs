@@ -838,32 +838,17 @@ async fn mosquitto_sub_of_a_non_member_is_denied() {
     let s = start_server().await;
     let (o, x) = (s.register("owner").await, s.register("outsider").await);
     let gid = group(&s, &o, "Private", "open").await;
-    let port = s.mqtt_addr.port().to_string();
     let topic = format!("im/g/{gid}/in/json");
     let sub = |user: &TestUser, id: &str| {
-        let mut c = tokio::process::Command::new("mosquitto_sub");
-        c.args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-i",
+        let mut c = s.mosquitto(
+            "mosquitto_sub",
             id,
-            "-u",
             &user.username,
-            "-P",
             &user.token,
-            "-q",
-            "1",
-            "-t",
-            &topic,
-            "-C",
-            "1",
-            "-W",
-            "8",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+            &["-q", "1", "-t", &topic, "-C", "1", "-W", "8"],
+        );
+        c.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
         c
     };
     // The outsider's only subscription is refused: mosquitto_sub says so and ends

@@ -461,32 +461,17 @@ async fn offline_backlog_reaches_mosquitto_sub_in_order_once() {
         let r = s.http.post("/api/v1/messages", &a.token, json!({"client_msg_id": format!("o{i}"), "to_user": b.id, "msg_type": "text", "content": format!("offline {i}")})).await;
         assert_eq!(r.0, 201);
     }
-    let port = s.mqtt_addr.port().to_string();
     let topic = format!("im/u/{}/in/json", b.id);
     let out = tokio::time::timeout(
         WAIT,
-        tokio::process::Command::new("mosquitto_sub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-i",
-                "bob-cli",
-                "-u",
-                "bob",
-                "-P",
-                &b.token,
-                "-q",
-                "1",
-                "-t",
-                &topic,
-                "-C",
-                "30",
-                "-W",
-                "10",
-            ])
-            .output(),
+        s.mosquitto(
+            "mosquitto_sub",
+            "bob-cli",
+            "bob",
+            &b.token,
+            &["-q", "1", "-t", &topic, "-C", "30", "-W", "10"],
+        )
+        .output(),
     )
     .await
     .unwrap()

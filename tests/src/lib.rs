@@ -304,6 +304,24 @@ impl Server {
         self.http.register(username).await
     }
 
+    /// A `mosquitto_sub` or `mosquitto_pub` (`tool`) connecting to this server's MQTT
+    /// port as client id `id` with `username` and `password`, then `args`.
+    pub fn mosquitto(
+        &self,
+        tool: &str,
+        id: &str,
+        username: &str,
+        password: &str,
+        args: &[&str],
+    ) -> tokio::process::Command {
+        let port = self.mqtt_addr.port().to_string();
+        let mut c = tokio::process::Command::new(tool);
+        c.args(["-h", "127.0.0.1", "-p", &port, "-i", id])
+            .args(["-u", username, "-P", password])
+            .args(args);
+        c
+    }
+
     /// Registers one user per name, in order (see [`Server::register`]).
     pub async fn register_all<const N: usize>(&self, names: [&str; N]) -> [TestUser; N] {
         let mut users = Vec::with_capacity(N);
