@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use mqim_proto::ServerFrame;
-use mqim_tests::http::{assert_error, Http};
+use mqim_tests::http::assert_error;
 use mqim_tests::{start_server, start_server_with, MqttClient, Server, TestUser};
 use serde_json::{json, Value};
 
@@ -25,16 +25,6 @@ pub async fn event(c: &mut MqttClient, name: &str) -> Value {
         ServerFrame::Event { data, .. } => data,
         _ => unreachable!(),
     }
-}
-
-/// `from` asks `to` (a user id) to be friends; the raw response.
-async fn ask(h: &Http, from: &TestUser, to: i64) -> (u16, Value) {
-    h.post(
-        "/api/v1/friends/requests",
-        &from.token,
-        json!({ "user_id": to }),
-    )
-    .await
 }
 
 fn ids(page: &Value) -> Vec<i64> {
@@ -92,7 +82,7 @@ async fn request_then_accept_makes_friends_on_both_sides() {
         .await;
     assert_eq!(ids(&r.1), Vec::<i64>::new());
     // A second request while one is pending.
-    assert_error(&ask(h, &a, b.id).await, 409, "request_pending");
+    assert_error(&h.ask_friend(&a, b.id).await, 409, "request_pending");
 
     let r = h
         .post(
@@ -118,7 +108,7 @@ async fn request_then_accept_makes_friends_on_both_sides() {
     }
     // Friends now see each other's presence.
     assert_eq!(cb.subscribe_ok(&[&format!("im/p/{}", a.id)]).await, [true]);
-    assert_error(&ask(h, &b, a.id).await, 409, "already_friends");
+    assert_error(&h.ask_friend(&b, a.id).await, 409, "already_friends");
     // Answered requests cannot be answered again.
     assert_error(
         &h.post(
@@ -138,9 +128,9 @@ async fn a_request_to_someone_who_asked_you_is_an_acceptance() {
     let h = &s.http;
     let (a, b) = (s.register("alice").await, s.register("bob").await);
     let mut ca = inbox(&s, &a, "json").await;
-    let r = ask(h, &a, b.id).await;
+    let r = h.ask_friend(&a, b.id).await;
     let rid = r.1["id"].as_i64().unwrap();
-    let r = ask(h, &b, a.id).await;
+    let r = h.ask_friend(&b, a.id).await;
     assert_eq!(r.0, 201, "{}", r.1);
     assert_eq!(r.1["id"], rid, "the pending request was answered");
     assert_eq!(r.1["state"], "accepted");
@@ -154,7 +144,7 @@ async fn reject_and_who_may_answer() {
     let h = &s.http;
     let [a, b, c] = s.register_all(["alice", "bob", "carol"]).await;
     let mut ca = inbox(&s, &a, "json").await;
-    let r = ask(h, &a, b.id).await;
+    let r = h.ask_friend(&a, b.id).await;
     let rid = r.1["id"].as_i64().unwrap();
     let accept = format!("/api/v1/friends/requests/{rid}/accept");
     let reject = format!("/api/v1/friends/requests/{rid}/reject");
@@ -200,7 +190,7 @@ async fn reject_and_who_may_answer() {
         ids(&h.get("/api/v1/friends", &a.token).await.1),
         Vec::<i64>::new()
     );
-    let r = ask(h, &a, b.id).await;
+    let r = h.ask_friend(&a, b.id).await;
     assert_eq!(r.0, 201, "{}", r.1);
     assert_ne!(r.1["id"], rid);
 }
@@ -250,7 +240,7 @@ async fn a_blocked_user_cannot_send_requests() {
     let (a, b) = (s.register("alice").await, s.register("bob").await);
     let mut cb = inbox(&s, &b, "json").await;
     // Alice's pending request is canceled by Bob's block.
-    let r = ask(h, &a, b.id).await;
+    let r = h.ask_friend(&a, b.id).await;
     let rid = r.1["id"].as_i64().unwrap();
     event(&mut cb, "FRIEND_INVITE").await;
     let block = format!("/api/v1/blocks/{}", a.id);
@@ -274,10 +264,10 @@ async fn a_blocked_user_cannot_send_requests() {
         "request_not_pending",
     );
 
-    assert_error(&ask(h, &a, b.id).await, 403, "blocked");
+    assert_error(&h.ask_friend(&a, b.id).await, 403, "blocked");
     // Nothing reached Bob.
     cb.expect_nothing(Duration::from_millis(300)).await;
-    assert_error(&ask(h, &b, a.id).await, 409, "unblock_first");
+    assert_error(&h.ask_friend(&b, a.id).await, 409, "unblock_first");
     let r = h.get("/api/v1/blocks", &b.token).await;
     assert_eq!(r.0, 200, "{}", r.1);
     assert_eq!(ids(&r.1), [a.id]);
@@ -288,7 +278,7 @@ async fn a_blocked_user_cannot_send_requests() {
         ids(&h.get("/api/v1/blocks", &b.token).await.1),
         Vec::<i64>::new()
     );
-    let r = ask(h, &a, b.id).await;
+    let r = h.ask_friend(&a, b.id).await;
     assert_eq!(r.0, 201, "{}", r.1);
     event(&mut cb, "FRIEND_INVITE").await;
 
@@ -310,8 +300,8 @@ async fn request_validation_and_pagination() {
     let s = start_server().await;
     let h = &s.http;
     let a = s.register("alice").await;
-    assert_error(&ask(h, &a, a.id).await, 422, "cannot_befriend_self");
-    assert_error(&ask(h, &a, 424242).await, 404, "user_not_found");
+    assert_error(&h.ask_friend(&a, a.id).await, 422, "cannot_befriend_self");
+    assert_error(&h.ask_friend(&a, 424242).await, 404, "user_not_found");
     assert_error(
         &h.post("/api/v1/friends/requests", &a.token, json!({"nope": 1}))
             .await,
@@ -333,7 +323,7 @@ async fn request_validation_and_pagination() {
         "invalid_message",
     );
     for o in &others {
-        let r = ask(h, &a, o.id).await;
+        let r = h.ask_friend(&a, o.id).await;
         assert_eq!(r.0, 201, "{}", r.1);
     }
     let r = h.get("/api/v1/friends/requests?limit=2", &a.token).await;
@@ -362,9 +352,9 @@ async fn the_friend_limit_is_enforced_on_both_sides() {
     let h = &s.http;
     let [a, b, c] = s.register_all(["alice", "bob", "carol"]).await;
     s.befriend(&a, &b).await;
-    assert_error(&ask(h, &a, c.id).await, 409, "friend_limit_reached");
+    assert_error(&h.ask_friend(&a, c.id).await, 409, "friend_limit_reached");
     // Carol has room to ask, but Alice cannot accept while full.
-    let r = ask(h, &c, a.id).await;
+    let r = h.ask_friend(&c, a.id).await;
     assert_eq!(r.0, 201, "{}", r.1);
     let accept = format!("/api/v1/friends/requests/{}/accept", r.1["id"]);
     assert_error(
@@ -390,7 +380,7 @@ async fn the_sender_cancels_a_pending_request_and_may_ask_again() {
     let h = &s.http;
     let [a, b, c] = s.register_all(["alice", "bob", "carol"]).await;
     let mut cb = inbox(&s, &b, "json").await;
-    let r = ask(h, &a, b.id).await;
+    let r = h.ask_friend(&a, b.id).await;
     assert_eq!(r.0, 201, "{}", r.1);
     let rid = r.1["id"].as_i64().unwrap();
     event(&mut cb, "FRIEND_INVITE").await;
@@ -445,7 +435,7 @@ async fn the_sender_cancels_a_pending_request_and_may_ask_again() {
     assert!(ids(&h.get("/api/v1/friends", &a.token).await.1).is_empty());
 
     // Alice may ask again, and this time Bob accepts.
-    let r = ask(h, &a, b.id).await;
+    let r = h.ask_friend(&a, b.id).await;
     assert_eq!(r.0, 201, "{}", r.1);
     assert_eq!(r.1["state"], "pending");
     let again = r.1["id"].as_i64().unwrap();

@@ -83,6 +83,17 @@ impl Http {
         self.call(Method::DELETE, path, Some(token), None).await
     }
 
+    /// `from` asks user `to` to be friends (`POST /api/v1/friends/requests`); the raw
+    /// response.
+    pub async fn ask_friend(&self, from: &TestUser, to: i64) -> (u16, Value) {
+        self.post(
+            "/api/v1/friends/requests",
+            &from.token,
+            serde_json::json!({ "user_id": to }),
+        )
+        .await
+    }
+
     /// Registers `username` with password `password-<username>`; panics unless 201.
     pub async fn register(&self, username: &str) -> TestUser {
         let password = format!("password-{username}");

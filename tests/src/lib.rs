@@ -336,21 +336,14 @@ impl Server {
 
     /// Registers two users and makes them friends ([`Server::befriend`]).
     pub async fn register_friends(&self, a: &str, b: &str) -> (TestUser, TestUser) {
-        let (a, b) = (self.register(a).await, self.register(b).await);
+        let [a, b] = self.register_all([a, b]).await;
         self.befriend(&a, &b).await;
         (a, b)
     }
 
     /// Makes `a` and `b` friends: `a` asks, `b` accepts (both must succeed).
     pub async fn befriend(&self, a: &TestUser, b: &TestUser) {
-        let r = self
-            .http
-            .post(
-                "/api/v1/friends/requests",
-                &a.token,
-                serde_json::json!({"user_id": b.id}),
-            )
-            .await;
+        let r = self.http.ask_friend(a, b.id).await;
         assert_eq!(r.0, 201, "{}", r.1);
         let path = format!("/api/v1/friends/requests/{}/accept", r.1["id"]);
         let r = self.http.post(&path, &b.token, serde_json::json!({})).await;
