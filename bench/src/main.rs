@@ -45,6 +45,12 @@ struct Cli {
     /// The Mosquitto broker.
     #[arg(long, value_name = "PATH", default_value = "/usr/sbin/mosquitto")]
     mosquitto: PathBuf,
+    /// Runs mqim on PostgreSQL: the admin URL of a server on which to make a fresh
+    /// database for each mqim process (dropped after it), e.g.
+    /// `postgres://postgres:postgres@127.0.0.1:5432/postgres` [default: SQLite in a
+    /// fresh data directory]. Also read from `BENCH_POSTGRES_URL`.
+    #[arg(long, value_name = "ADMIN_URL", env = "BENCH_POSTGRES_URL")]
+    postgres: Option<String>,
     /// Systems to run, in this order.
     #[arg(long, value_delimiter = ',', default_values = ["mqim", "rumqttd", "mosquitto"])]
     targets: Vec<Sys>,
@@ -230,13 +236,31 @@ async fn main() -> ExitCode {
         eprintln!("--rounds wants at least 1");
         return ExitCode::from(2);
     }
-    let progs = Programs::find(cli.mqim.clone(), cli.rumqttd.clone(), cli.mosquitto.clone());
+    if let Some(url) = &cli.postgres {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            eprintln!("--postgres wants a postgres:// URL");
+            return ExitCode::from(2);
+        }
+    }
+    let progs = Programs::find(
+        cli.mqim.clone(),
+        cli.rumqttd.clone(),
+        cli.mosquitto.clone(),
+        cli.postgres.clone(),
+    );
     let in_ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false");
     wire::now_us();
 
     println!("# mqim-bench {}", if cli.smoke { "(smoke)" } else { "" });
     println!("machine: {}", machine());
     println!("mqim: {}", progs.mqim.display());
+    println!(
+        "mqim's database: {}",
+        match &progs.postgres {
+            Some(url) => format!("PostgreSQL, a fresh database on {}", target::redact(url)),
+            None => "SQLite, a fresh data directory".to_owned(),
+        }
+    );
     println!("sizes: {sizes:?}");
 
     let mut report = Report::default();

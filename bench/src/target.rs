@@ -2,7 +2,9 @@
 //! (`/proc/PID/stat`) and memory (`VmRSS`) are its own and not the load generator's.
 //!
 //! * mqim: the built `mqim serve` on ephemeral loopback ports with a fresh data
-//!   directory (SQLite); found by its `… listening on ADDR` log lines.
+//!   directory (SQLite), or with `--postgres ADMIN_URL` a fresh PostgreSQL database
+//!   made for the run and dropped after it; found by its `… listening on ADDR` log
+//!   lines.
 //! * rumqttd: `mqim-bench-rumqttd`, rumqttd with the embedded broker's settings.
 //! * Mosquitto: `/usr/sbin/mosquitto -c CONF` with persistence off, loopback only.
 
@@ -71,6 +73,77 @@ pub struct Target {
     pub logs: Arc<Mutex<Vec<String>>>,
     /// Its data directory (mqim's database lives there, kept across a restart).
     dir: Option<tempfile::TempDir>,
+    /// mqim's PostgreSQL database, when it runs on one (kept across a restart,
+    /// dropped by [`Target::stop`]).
+    pg: Option<PgDatabase>,
+}
+
+/// A PostgreSQL database made for one mqim process.
+#[derive(Debug, Clone)]
+struct PgDatabase {
+    /// The admin URL it was made with (to drop it).
+    admin: String,
+    /// Its name.
+    name: String,
+    /// mqim's `database.url`.
+    url: String,
+}
+
+/// Tells the databases of one run apart.
+static PG_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl PgDatabase {
+    /// Makes `mqim_bench_<pid>_<n>` on the server of `admin` (same credentials and
+    /// `?options`).
+    async fn create(admin: &str) -> Result<PgDatabase> {
+        use sqlx::Connection;
+        let name = format!(
+            "mqim_bench_{}_{}",
+            std::process::id(),
+            PG_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let mut c = sqlx::PgConnection::connect(admin).await.with_context(|| {
+            format!("cannot connect to the --postgres server {}", redact(admin))
+        })?;
+        sqlx::Executor::execute(&mut c, format!("CREATE DATABASE {name}").as_str())
+            .await
+            .with_context(|| format!("CREATE DATABASE {name}"))?;
+        let _ = c.close().await;
+        let (path, query) = match admin.split_once('?') {
+            Some((p, q)) => (p, format!("?{q}")),
+            None => (admin, String::new()),
+        };
+        let authority = path.splitn(4, '/').take(3).collect::<Vec<_>>().join("/");
+        Ok(PgDatabase {
+            admin: admin.to_owned(),
+            url: format!("{authority}/{name}{query}"),
+            name,
+        })
+    }
+
+    /// Drops it (best effort: a database left behind is named for its run).
+    async fn drop_database(&self) {
+        use sqlx::Connection;
+        if let Ok(mut c) = sqlx::PgConnection::connect(&self.admin).await {
+            let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+            if let Err(e) = sqlx::Executor::execute(&mut c, sql.as_str()).await {
+                eprintln!("could not drop database {}: {e}", self.name);
+            }
+            let _ = c.close().await;
+        }
+    }
+}
+
+/// `url` without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let user_pass = &url[s + 3..at];
+            let user = user_pass.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 /// Where to find the programs.
@@ -82,16 +155,25 @@ pub struct Programs {
     pub rumqttd: PathBuf,
     /// The `mosquitto` binary.
     pub mosquitto: PathBuf,
+    /// mqim on PostgreSQL: the admin URL of the server to make its databases on
+    /// (`None`: SQLite in the data directory).
+    pub postgres: Option<String>,
 }
 
 impl Programs {
     /// Defaults: binaries next to this executable (same cargo profile), else
     /// `target/release`, else `target/debug`; Mosquitto from Debian's path.
-    pub fn find(mqim: Option<PathBuf>, rumqttd: Option<PathBuf>, mosquitto: PathBuf) -> Programs {
+    pub fn find(
+        mqim: Option<PathBuf>,
+        rumqttd: Option<PathBuf>,
+        mosquitto: PathBuf,
+        postgres: Option<String>,
+    ) -> Programs {
         Programs {
             mqim: mqim.unwrap_or_else(|| sibling("mqim")),
             rumqttd: rumqttd.unwrap_or_else(|| sibling("mqim-bench-rumqttd")),
             mosquitto,
+            postgres,
         }
     }
 }
@@ -117,7 +199,13 @@ impl Target {
     /// Starts `kind`.
     pub async fn start(kind: Kind, progs: &Programs) -> Result<Target> {
         match kind {
-            Kind::Mqim => start_mqim(&progs.mqim, tempfile::tempdir()?).await,
+            Kind::Mqim => {
+                let pg = match &progs.postgres {
+                    Some(admin) => Some(PgDatabase::create(admin).await?),
+                    None => None,
+                };
+                start_mqim(&progs.mqim, tempfile::tempdir()?, pg).await
+            }
             Kind::Rumqttd => start_rumqttd(&progs.rumqttd).await,
             Kind::Mosquitto => start_mosquitto(&progs.mosquitto).await,
         }
@@ -157,7 +245,7 @@ impl Target {
         let _ = self.child.start_kill();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
         *self = match (self.kind, self.dir.take()) {
-            (Kind::Mqim, Some(dir)) => start_mqim(&progs.mqim, dir).await?,
+            (Kind::Mqim, Some(dir)) => start_mqim(&progs.mqim, dir, self.pg.take()).await?,
             (kind, _) => Target::start(kind, progs).await?,
         };
         Ok(())
@@ -167,6 +255,9 @@ impl Target {
     pub async fn stop(mut self) {
         let _ = self.child.start_kill();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+        if let Some(pg) = self.pg.take() {
+            pg.drop_database().await;
+        }
     }
 }
 
@@ -254,7 +345,7 @@ fn addr_after_listening(line: &str) -> Option<SocketAddr> {
     line.rsplit("listening on ").next()?.trim().parse().ok()
 }
 
-async fn start_mqim(bin: &Path, dir: tempfile::TempDir) -> Result<Target> {
+async fn start_mqim(bin: &Path, dir: tempfile::TempDir, pg: Option<PgDatabase>) -> Result<Target> {
     if !bin.is_file() {
         bail!(
             "mqim binary not found at {} (build it: cargo build --release -p mqim)",
@@ -267,14 +358,19 @@ async fn start_mqim(bin: &Path, dir: tempfile::TempDir) -> Result<Target> {
         .env("MQIM_MQTT_ADDR", "127.0.0.1:0")
         .env("MQIM_WS_ADDR", "127.0.0.1:0")
         .env("MQIM_DATA_DIR", dir.path())
-        .env_remove("MQIM_DATABASE_URL")
         .env_remove("RUST_LOG");
+    match &pg {
+        Some(db) => cmd.env("MQIM_DATABASE_URL", &db.url),
+        None => cmd.env_remove("MQIM_DATABASE_URL"),
+    };
     for (k, v) in MQIM_BENCH_ENV {
         cmd.env(k, v);
     }
-    let (mut mqtt, mut http) = (None, None);
-    let (child, logs, (mqtt, http)) = spawn_and_wait(cmd, "mqim", |line| {
-        if line.contains("mqtt listening on") {
+    let (mut mqtt, mut http, mut backend) = (None, None, None);
+    let (mut child, logs, (mqtt, http)) = spawn_and_wait(cmd, "mqim", |line| {
+        if line.contains("database ready") {
+            backend = Some(line.contains("backend=Postgres"));
+        } else if line.contains("mqtt listening on") {
             mqtt = addr_after_listening(line);
         } else if line.contains("http listening on") {
             http = addr_after_listening(line);
@@ -285,6 +381,19 @@ async fn start_mqim(bin: &Path, dir: tempfile::TempDir) -> Result<Target> {
         }
     })
     .await?;
+    // What it says it runs on must be what was asked for: a benchmark "on PostgreSQL"
+    // that quietly measured SQLite would mislead.
+    if backend != Some(pg.is_some()) {
+        let _ = child.start_kill();
+        bail!(
+            "mqim was to run on {} but its log says {:?}",
+            if pg.is_some() { "PostgreSQL" } else { "SQLite" },
+            logs.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .find(|l| l.contains("database ready"))
+        );
+    }
     let pid = child.id().ok_or_else(|| anyhow!("mqim exited at once"))?;
     Ok(Target {
         kind: Kind::Mqim,
@@ -294,6 +403,7 @@ async fn start_mqim(bin: &Path, dir: tempfile::TempDir) -> Result<Target> {
         http: Some(format!("http://{http}")),
         logs,
         dir: Some(dir),
+        pg,
     })
 }
 
@@ -323,6 +433,7 @@ async fn start_rumqttd(bin: &Path) -> Result<Target> {
         http: None,
         logs,
         dir: Some(dir),
+        pg: None,
     })
 }
 
@@ -393,6 +504,7 @@ async fn start_mosquitto(bin: &Path) -> Result<Target> {
                     http: None,
                     logs,
                     dir: Some(dir),
+                    pg: None,
                 });
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
