@@ -145,7 +145,7 @@ pub async fn serve(
     // Positions acknowledged in the last second, so a clean restart re-sends nothing.
     state.messaging.delivery.flush().await;
     drop(service_rt);
-    db.pool.close().await;
+    db.close().await;
     info!("stopped");
     Ok(())
 }

@@ -58,7 +58,14 @@ pub struct Db {
     /// SQLite: the thread that runs message batches and cursor flushes (see
     /// [`Db::write_job`]), and with it the WAL checkpoint thread.
     writer: Option<Arc<SqliteWriter>>,
+    /// PostgreSQL: connections of the message writer and the cursor flushes alone (see
+    /// [`Db::begin_message_write`]), so that they never wait for one of `pool`'s.
+    message_lane: Option<AnyPool>,
 }
+
+/// Connections of the PostgreSQL message lane: one for the message writer's batches,
+/// one for the delivery cursors' flushes, which run beside it.
+pub const MESSAGE_LANE_CONNECTIONS: u32 = 2;
 
 /// A write transaction (see [`Db::begin_write`]); dereferences to the connection, so
 /// `&mut *tx` is an executor. Dropped without [`WriteTx::commit`], it rolls back.
@@ -161,9 +168,28 @@ impl Db {
                     Ok(())
                 })
             })
-            .connect_with(opts)
+            .connect_with(opts.clone())
             .await
             .map_err(err)?;
+        // On PostgreSQL the message writer shared `pool` with everything else, and
+        // when 2,000 devices subscribed at once their backlog queries and device
+        // records held all its connections: the first batches of sends waited 40–180
+        // ms for one (BENCHMARKS.md, "PostgreSQL"). Its own connections, opened now
+        // so that the first send does not wait for a connect, keep that from
+        // happening. (SQLite's message writes have a thread of their own instead.)
+        let message_lane = match backend {
+            Backend::Postgres => Some(
+                AnyPoolOptions::new()
+                    .max_connections(MESSAGE_LANE_CONNECTIONS)
+                    .min_connections(1)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .test_before_acquire(true)
+                    .connect_with(opts)
+                    .await
+                    .map_err(err)?,
+            ),
+            Backend::Sqlite => None,
+        };
         let write_gate: Gate = Arc::default();
         let writer = match file {
             Some(f) => Some(Arc::new(
@@ -177,6 +203,7 @@ impl Db {
             backend,
             write_gate,
             writer,
+            message_lane,
         })
     }
 
@@ -254,6 +281,32 @@ impl Db {
                 tx: self.pool.begin().await?,
                 _gate: None,
             }),
+        }
+    }
+
+    /// [`Db::begin_write`] for the message writer and the cursor flushes: on
+    /// PostgreSQL on connections of their own (the message lane), which no other query
+    /// can hold up; on SQLite the same as `begin_write` (those writes run on the writer
+    /// thread, [`Db::write_job`], so this is the fallback only).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn begin_message_write(&self) -> Result<WriteTx, sqlx::Error> {
+        match &self.message_lane {
+            Some(lane) => Ok(WriteTx {
+                backend: self.backend,
+                tx: lane.begin().await?,
+                _gate: None,
+            }),
+            None => self.begin_write().await,
+        }
+    }
+
+    /// Closes the pool and the message lane (at shutdown).
+    pub async fn close(&self) {
+        self.pool.close().await;
+        if let Some(lane) = &self.message_lane {
+            lane.close().await;
         }
     }
 

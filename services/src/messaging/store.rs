@@ -126,8 +126,8 @@ impl From<WriteError> for ApiError {
     }
 }
 
-/// Rows per multi-row statement: keeps every statement under SQLite's and PostgreSQL's
-/// bind-parameter limits (10 columns × 100 rows).
+/// Rows per multi-row statement of the device batches: keeps every statement under
+/// SQLite's and PostgreSQL's bind-parameter limits.
 const ROWS_PER_STATEMENT: usize = 100;
 
 /// Stores a batch of messages in one transaction.
@@ -155,7 +155,7 @@ pub async fn store_many(
     {
         return r.map_err(WriteError::from)?;
     }
-    let mut tx = db.begin_write().await?;
+    let mut tx = db.begin_message_write().await?;
     let out = store_steps(&mut tx, msgs).await?;
     tx.commit().await?;
     Ok(out)
@@ -388,21 +388,39 @@ fn store_on_thread(
 /// A bind value of a batch statement.
 enum Arg<'a> {
     Int(i64),
-    OptInt(Option<i64>),
     Text(&'a str),
+    /// A JSON document, bound as text (cast with `$n::json` in the statement).
+    Json(String),
 }
 
 /// A statement and its arguments.
 struct Stmt<'a> {
     sql: String,
     args: Vec<Arg<'a>>,
+    /// Planned anew at each run (an unnamed statement) rather than prepared once per
+    /// connection, for a query whose best plan depends on the table's current size.
+    plan_each_time: bool,
+}
+
+impl<'a> Stmt<'a> {
+    fn new(sql: impl Into<String>, args: Vec<Arg<'a>>) -> Stmt<'a> {
+        Stmt {
+            sql: sql.into(),
+            args,
+            plan_each_time: false,
+        }
+    }
 }
 
 /// Runs `stmts` one by one in `tx` and returns the rows they produced, in order.
 async fn run(tx: &mut WriteTx, stmts: &[Stmt<'_>]) -> Result<Vec<AnyRow>, sqlx::Error> {
     let mut rows = Vec::new();
     for s in stmts {
-        let q = s.args.iter().fold(sqlx::query(&s.sql), bind);
+        let q = s
+            .args
+            .iter()
+            .fold(sqlx::query(&s.sql), bind)
+            .persistent(!s.plan_each_time);
         rows.extend(q.fetch_all(&mut **tx).await?);
     }
     Ok(rows)
@@ -414,14 +432,22 @@ fn bind<'q>(
 ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
     match a {
         Arg::Int(v) => q.bind(*v),
-        Arg::OptInt(v) => q.bind(*v),
         Arg::Text(v) => q.bind(*v),
+        Arg::Json(v) => q.bind(v.as_str()),
     }
 }
 
-/// [`store_many`] through the pool (PostgreSQL): a fixed number of statements whatever the batch size, since each is a round trip to
-/// the server: one lookup of the idempotency keys, one upsert of the conversations
-/// (taking a run of seqs each), one multi-row insert (per 100 messages).
+/// [`store_many`] on PostgreSQL, where every statement is a round trip to the server:
+/// three statements whatever the batch size — one lookup of the idempotency keys, one
+/// upsert of the conversations (taking a run of seqs each), one insert of the new
+/// messages — plus one query per `reply_to`.
+///
+/// Each statement takes its rows as one JSON array (`json_to_recordset`), so its text
+/// is the same for every batch: it is parsed and prepared once per connection, and
+/// the server plans it without a parameter list of batch size. With one tuple of
+/// placeholders per row (as before session 20) every batch size was a statement of
+/// its own: in a run of changing sizes each batch prepared its statements anew, and
+/// planning the lookup's 100-way `OR` alone took longer than running it.
 async fn store_steps(
     tx: &mut WriteTx,
     msgs: &[&NewMessage],
@@ -429,30 +455,23 @@ async fn store_steps(
     let mut out: Vec<Option<Result<Stored, ApiError>>> = (0..msgs.len()).map(|_| None).collect();
     // 1. Idempotency: keys stored earlier, and keys repeated within the batch.
     let (first_of, repeats) = first_of(msgs);
-    let keys: Vec<(i64, &str)> = first_of.keys().copied().collect();
-    let lookups: Vec<Stmt> = keys
-        .chunks(ROWS_PER_STATEMENT)
-        .map(|chunk| {
-            let cond = (0..chunk.len())
-                .map(|i| {
-                    format!(
-                        "(sender_id = {} AND client_msg_id = {})",
-                        param(2 * i + 1),
-                        param(2 * i + 2)
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(" OR ");
-            Stmt {
-                sql: format!("SELECT {MSG_COLS} FROM messages WHERE {cond}"),
-                args: chunk
-                    .iter()
-                    .flat_map(|(s, k)| [Arg::Int(*s), Arg::Text(k)])
-                    .collect(),
-            }
-        })
-        .collect();
-    for r in run(tx, &lookups).await? {
+    let keys: Vec<KeyRow> = first_of.keys().map(|&(s, c)| KeyRow { s, c }).collect();
+    // One index lookup per key (LATERAL), planned at each batch: a plan kept from the
+    // first batches, when the table was empty, scanned the whole table for every key
+    // once it had grown (2.9 ms a batch against 0.7 ms planned afresh), since a new
+    // database is not analyzed for the first minute.
+    let lookup = Stmt {
+        plan_each_time: true,
+        ..Stmt::new(
+            format!(
+                "SELECT m.* FROM json_to_recordset($1::json) AS k(s BIGINT, c TEXT), \
+                 LATERAL (SELECT {MSG_COLS} FROM messages \
+                 WHERE sender_id = k.s AND client_msg_id = k.c) AS m"
+            ),
+            vec![Arg::Json(to_json(&keys)?)],
+        )
+    };
+    for r in run(tx, &[lookup]).await? {
         let frame = frame_of(&r)?;
         if let Some(&i) = first_of.get(&(frame.from, frame.client_msg_id.as_str())) {
             out[i] = Some(Ok(Stored {
@@ -469,14 +488,10 @@ async fn store_steps(
             continue;
         }
         if let Some(reply) = m.reply_to {
-            let check = Stmt {
-                sql: format!(
-                    "SELECT 1 AS found FROM messages WHERE id = {} AND conversation_id = {}",
-                    param(1),
-                    param(2)
-                ),
-                args: vec![Arg::Int(reply), Arg::Text(&cids[i])],
-            };
+            let check = Stmt::new(
+                "SELECT 1 AS found FROM messages WHERE id = $1 AND conversation_id = $2",
+                vec![Arg::Int(reply), Arg::Text(&cids[i])],
+            );
             if run(tx, &[check]).await?.is_empty() {
                 out[i] = Some(Err(invalid_reply()));
                 continue;
@@ -484,144 +499,147 @@ async fn store_steps(
         }
         fresh.push(i);
     }
+    if fresh.is_empty() {
+        return finish(out, repeats);
+    }
     // 3. Seqs: each conversation takes a run of as many seqs as it has new messages
-    //    (upsert), and each new message takes its place in that run, computed in the
-    //    insert from the conversation's new last_seq: `last_seq - n + 1 + j` for the
-    //    j-th of its n messages in this batch.
+    //    (upsert, returning its new last_seq), and the j-th of its n new messages in
+    //    this batch gets `last_seq - n + 1 + j`. The rows are locked in id order, so
+    //    two instances writing batches of the same conversations cannot deadlock.
     let now = now_ms();
-    let mut counts: Vec<(&str, &ConversationId, i64)> = Vec::new();
+    let mut counts: Vec<ConvRow> = Vec::new();
     let mut at: HashMap<&str, usize> = HashMap::new();
     let mut place: Vec<i64> = Vec::with_capacity(fresh.len());
     for &i in &fresh {
         let cid = cids[i].as_str();
         let k = *at.entry(cid).or_insert_with(|| {
-            counts.push((cid, &msgs[i].conv, 0));
+            let (a, b, g) = parties(&msgs[i].conv);
+            counts.push(ConvRow {
+                id: cid,
+                a,
+                b,
+                g,
+                n: 0,
+            });
             counts.len() - 1
         });
-        place.push(counts[k].2);
-        counts[k].2 += 1;
+        place.push(counts[k].n);
+        counts[k].n += 1;
     }
-    let mut writes: Vec<Stmt> = Vec::new();
-    for chunk in counts.chunks(ROWS_PER_STATEMENT) {
-        writes.push(Stmt {
-            sql: format!(
-                "{UPSERT_CONVERSATIONS}{}{UPSERT_CONVERSATIONS_END}",
-                placeholders(chunk.len(), 6, &[])
-            ),
-            args: chunk
-                .iter()
-                .flat_map(|(cid, conv, n)| {
-                    let (a, b, g) = parties(conv);
-                    [
-                        Arg::Text(cid),
-                        Arg::OptInt(a),
-                        Arg::OptInt(b),
-                        Arg::OptInt(g),
-                        Arg::Int(*n),
-                        Arg::Int(now),
-                    ]
-                })
-                .collect(),
-        });
+    let upsert = Stmt::new(
+        format!(
+            "{UPSERT_CONVERSATIONS_FROM_JSON}{UPSERT_CONVERSATIONS_END} RETURNING id, last_seq"
+        ),
+        vec![Arg::Json(to_json(&counts)?), Arg::Int(now)],
+    );
+    let mut last_seq: HashMap<String, i64> = HashMap::with_capacity(counts.len());
+    for r in run(tx, &[upsert]).await? {
+        last_seq.insert(r.try_get("id")?, r.try_get("last_seq")?);
     }
     // 4. Insert, in batch order, so seqs follow the order the sends arrived in.
-    let fresh_places: Vec<(usize, i64)> = fresh.iter().copied().zip(place).collect();
-    for chunk in fresh_places.chunks(ROWS_PER_STATEMENT) {
-        writes.push(Stmt {
-            sql: format!(
-                "{INSERT_MESSAGES}{} RETURNING id, conversation_id, seq",
-                placeholders(chunk.len(), 11, &[(1, SEQ_OF_PLACE)])
-            ),
-            args: chunk
-                .iter()
-                .flat_map(|&(i, j)| {
-                    let m = msgs[i];
-                    let n = counts[at[cids[i].as_str()]].2;
-                    [
-                        Arg::Text(&cids[i]),
-                        Arg::Text(&cids[i]),
-                        Arg::Int(j - n + 1),
-                        Arg::Int(m.sender),
-                        Arg::OptInt(m.to_user),
-                        Arg::OptInt(m.to_group),
-                        Arg::Text(m.msg_type.as_str()),
-                        Arg::Text(&m.content),
-                        Arg::Text(&m.client_msg_id),
-                        Arg::OptInt(m.reply_to),
-                        Arg::Int(now),
-                    ]
-                })
-                .collect(),
+    let mut rows: Vec<MessageRow> = Vec::with_capacity(fresh.len());
+    for (&i, &j) in fresh.iter().zip(&place) {
+        let m = msgs[i];
+        let n = counts[at[cids[i].as_str()]].n;
+        let last = last_seq
+            .get(&cids[i])
+            .ok_or_else(|| ApiError::internal("upsert returned no conversation"))?;
+        rows.push(MessageRow {
+            c: &cids[i],
+            q: last - n + 1 + j,
+            s: m.sender,
+            tu: m.to_user,
+            tg: m.to_group,
+            t: m.msg_type.as_str(),
+            b: &m.content,
+            k: &m.client_msg_id,
+            r: m.reply_to,
         });
     }
-    // RETURNING gives no order guarantee: the rows of a conversation are its run of
-    // seqs, the lowest is its first message of the batch.
-    let mut ids: HashMap<(String, i64), i64> = HashMap::new();
-    let mut base: HashMap<String, i64> = HashMap::new();
-    for r in run(tx, &writes).await? {
-        let cid: String = r.try_get("conversation_id")?;
-        let seq: i64 = r.try_get("seq")?;
-        let b = base.entry(cid.clone()).or_insert(seq);
-        *b = (*b).min(seq);
-        ids.insert((cid, seq), r.try_get("id")?);
+    let insert = Stmt::new(
+        INSERT_MESSAGES_FROM_JSON,
+        vec![Arg::Json(to_json(&rows)?), Arg::Int(now)],
+    );
+    let mut ids: HashMap<(String, i64), i64> = HashMap::with_capacity(rows.len());
+    for r in run(tx, &[insert]).await? {
+        ids.insert(
+            (r.try_get("conversation_id")?, r.try_get("seq")?),
+            r.try_get("id")?,
+        );
     }
-    for (i, j) in fresh_places {
-        let m = msgs[i];
-        let seq = base
-            .get(&cids[i])
-            .map(|b| b + j)
-            .ok_or_else(|| ApiError::internal("insert returned no row"))?;
+    for (&i, row) in fresh.iter().zip(&rows) {
         let id = ids
-            .remove(&(cids[i].clone(), seq))
+            .remove(&(cids[i].clone(), row.q))
             .ok_or_else(|| ApiError::internal("insert returned no id"))?;
-        out[i] = Some(Ok(stored(m, cids[i].clone(), id, seq, now)));
+        out[i] = Some(Ok(stored(msgs[i], cids[i].clone(), id, row.q, now)));
     }
     finish(out, repeats)
 }
 
-/// The seq of a new message from its conversation's `last_seq` after this batch's
-/// upsert: two placeholders (the conversation, the offset `j - n + 1`).
-const SEQ_OF_PLACE: &str = "(SELECT last_seq FROM conversations WHERE id = {}) + {}";
+/// An idempotency key of the lookup (`json_to_recordset` row).
+#[derive(serde::Serialize)]
+struct KeyRow<'a> {
+    s: i64,
+    c: &'a str,
+}
 
-/// `($1, $2, …), ($k+1, …), …`: `rows` tuples of `cols` placeholders (message batches
-/// use it on PostgreSQL only — SQLite's go to its writer thread — device batches on
-/// both).
-/// `exprs` replaces, in each tuple, the value at a column index with an expression
-/// template whose `{}` are placeholders (consuming that many of the `cols`).
-fn placeholders(rows: usize, cols: usize, exprs: &[(usize, &str)]) -> String {
+/// A conversation row of the upsert: its parties and how many seqs it takes.
+#[derive(serde::Serialize)]
+struct ConvRow<'a> {
+    id: &'a str,
+    a: Option<i64>,
+    b: Option<i64>,
+    g: Option<i64>,
+    n: i64,
+}
+
+/// A message row of the insert (short keys: the JSON is sent for every message).
+#[derive(serde::Serialize)]
+struct MessageRow<'a> {
+    c: &'a str,
+    q: i64,
+    s: i64,
+    tu: Option<i64>,
+    tg: Option<i64>,
+    t: &'a str,
+    b: &'a str,
+    k: &'a str,
+    r: Option<i64>,
+}
+
+fn to_json<T: serde::Serialize>(rows: &T) -> Result<String, ApiError> {
+    serde_json::to_string(rows).map_err(ApiError::internal)
+}
+
+/// The upsert's rows from JSON (`$1`), `$2` the time (PostgreSQL).
+const UPSERT_CONVERSATIONS_FROM_JSON: &str =
+    "INSERT INTO conversations (id, user_a, user_b, group_id, last_seq, updated_at) \
+     SELECT id, a, b, g, n, $2 FROM json_to_recordset($1::json) \
+     AS r(id TEXT, a BIGINT, b BIGINT, g BIGINT, n BIGINT) ORDER BY id";
+
+/// The insert's rows from JSON (`$1`), `$2` the time (PostgreSQL).
+const INSERT_MESSAGES_FROM_JSON: &str = "INSERT INTO messages (conversation_id, seq, sender_id, \
+     to_user, to_group, msg_type, content, client_msg_id, reply_to, created_at) \
+     SELECT c, q, s, tu, tg, t, b, k, r, $2 FROM json_to_recordset($1::json) \
+     AS r(c TEXT, q BIGINT, s BIGINT, tu BIGINT, tg BIGINT, t TEXT, b TEXT, k TEXT, r BIGINT) \
+     RETURNING id, conversation_id, seq";
+
+/// `($1, $2, …), ($k+1, …), …`: `rows` tuples of `cols` placeholders (the device
+/// batches' statements, on both backends).
+fn placeholders(rows: usize, cols: usize) -> String {
     let mut s = String::with_capacity(rows * cols * 5);
     let mut n = 0;
-    let mut next = || {
-        n += 1;
-        param(n)
-    };
     for r in 0..rows {
         if r > 0 {
             s.push_str(", ");
         }
         s.push('(');
-        let mut c = 0;
-        let mut value = 0;
-        while c < cols {
-            if value > 0 {
+        for c in 0..cols {
+            if c > 0 {
                 s.push_str(", ");
             }
-            match exprs.iter().find(|(at, _)| *at == value) {
-                Some((_, tpl)) => {
-                    let mut parts = tpl.split("{}");
-                    s.push_str(parts.next().unwrap_or_default());
-                    for p in parts {
-                        s.push_str(&next());
-                        s.push_str(p);
-                        c += 1;
-                    }
-                }
-                None => {
-                    s.push_str(&next());
-                    c += 1;
-                }
-            }
-            value += 1;
+            n += 1;
+            s.push_str(&param(n));
         }
         s.push(')');
     }
@@ -785,12 +803,12 @@ pub async fn save_cursors(db: &Db, cursors: &[(CursorKey, i64)]) -> Result<(), W
             r??;
             continue;
         }
-        let upsert = Stmt {
-            sql: format!(
+        let upsert = Stmt::new(
+            format!(
                 "{UPSERT_CURSORS}{}{UPSERT_CURSORS_END}",
-                placeholders(chunk.len(), 4, &[])
+                placeholders(chunk.len(), 4)
             ),
-            args: chunk
+            chunk
                 .iter()
                 .flat_map(|(k, seq)| {
                     [
@@ -801,8 +819,8 @@ pub async fn save_cursors(db: &Db, cursors: &[(CursorKey, i64)]) -> Result<(), W
                     ]
                 })
                 .collect(),
-        };
-        let mut tx = db.begin_write().await?;
+        );
+        let mut tx = db.begin_message_write().await?;
         run(&mut tx, &[upsert]).await?;
         tx.commit().await?;
     }
@@ -834,7 +852,7 @@ pub async fn touch_devices(db: &Db, seen: &[(i64, String, i64)]) -> Result<(), s
          ON CONFLICT (user_id, client_id) DO UPDATE SET last_seen = \
          CASE WHEN excluded.last_seen > devices.last_seen THEN excluded.last_seen \
          ELSE devices.last_seen END",
-        placeholders(seen.len(), 4, &[])
+        placeholders(seen.len(), 4)
     );
     let mut q = sqlx::query(&sql);
     for (uid, client, at) in seen {
@@ -1089,6 +1107,47 @@ mod tests {
         let next = store(&db, &[msg(2, 1, "c1"), msg(3, 1, "c2")]).await;
         let seqs = seqs_of(&next);
         assert_eq!(seqs, vec![5, 4]);
+    }
+
+    #[tokio::test]
+    async fn any_text_comes_back_as_sent() {
+        // On PostgreSQL a batch's rows travel as one JSON document: quotes,
+        // backslashes, control characters, non-ASCII and JSON-looking text must come
+        // back unchanged, in content and in the idempotency key alike.
+        let db = fresh_db("text").await;
+        let texts = [
+            "plain",
+            "quote \" and 'apostrophe'",
+            "back\\slash \\u0041 \\n",
+            "line\nbreak\ttab\r\u{1}\u{1f}",
+            "emoji 😀 and CJK 你好 and é",
+            "{\"looks\": [\"like\", \"json\"]}",
+            "$1 ::json ; DROP TABLE messages; --",
+        ];
+        let batch: Vec<NewMessage> = texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let mut m = msg(1, 2, &format!("{t}#{i}"));
+                m.content = (*t).to_owned();
+                m
+            })
+            .collect();
+        let out = store(&db, &batch).await;
+        for (i, t) in texts.iter().enumerate() {
+            let stored = out[i].as_ref().expect("stored");
+            assert_eq!(stored.frame.content, *t);
+            let again = message(&db, stored.frame.id)
+                .await
+                .expect("read")
+                .expect("found");
+            assert_eq!(again.content, *t, "content read back");
+            assert_eq!(again.client_msg_id, format!("{t}#{i}"), "key read back");
+        }
+        // The same keys again are repeats, found by the lookup.
+        let again = store(&db, &batch).await;
+        assert!(again.iter().all(|r| r.as_ref().is_ok_and(|s| s.duplicate)));
+        assert_eq!(count_messages(&db).await, texts.len() as i64);
     }
 
     #[tokio::test]
