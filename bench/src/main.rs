@@ -257,7 +257,10 @@ async fn main() -> ExitCode {
     println!(
         "mqim's database: {}",
         match &progs.postgres {
-            Some(url) => format!("PostgreSQL, a fresh database on {}", target::redact(url)),
+            Some(url) => format!(
+                "PostgreSQL, a fresh database on {}",
+                mqim::config::redact_url(url)
+            ),
             None => "SQLite, a fresh data directory".to_owned(),
         }
     );

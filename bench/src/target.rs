@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use mqim::config::redact_url;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -103,7 +104,10 @@ impl PgDatabase {
             PG_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
         let mut c = sqlx::PgConnection::connect(admin).await.with_context(|| {
-            format!("cannot connect to the --postgres server {}", redact(admin))
+            format!(
+                "cannot connect to the --postgres server {}",
+                redact_url(admin)
+            )
         })?;
         sqlx::Executor::execute(&mut c, format!("CREATE DATABASE {name}").as_str())
             .await
@@ -131,18 +135,6 @@ impl PgDatabase {
             }
             let _ = c.close().await;
         }
-    }
-}
-
-/// `url` without its password, for messages.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let user_pass = &url[s + 3..at];
-            let user = user_pass.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
-        }
-        _ => url.to_owned(),
     }
 }
 

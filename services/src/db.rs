@@ -65,7 +65,7 @@ pub struct Db {
 
 /// Connections of the PostgreSQL message lane: one for the message writer's batches,
 /// one for the delivery cursors' flushes, which run beside it.
-pub const MESSAGE_LANE_CONNECTIONS: u32 = 2;
+const MESSAGE_LANE_CONNECTIONS: u32 = 2;
 
 /// A write transaction (see [`Db::begin_write`]); dereferences to the connection, so
 /// `&mut *tx` is an executor. Dropped without [`WriteTx::commit`], it rolls back.
@@ -174,7 +174,7 @@ impl Db {
         // On PostgreSQL the message writer shared `pool` with everything else, and
         // when 2,000 devices subscribed at once their backlog queries and device
         // records held all its connections: the first batches of sends waited 40–180
-        // ms for one (BENCHMARKS.md, "PostgreSQL"). Its own connections, opened now
+        // ms for one (BENCHMARKS.md, "mqim on PostgreSQL"). Its own connections, opened now
         // so that the first send does not wait for a connect, keep that from
         // happening. (SQLite's message writes have a thread of their own instead.)
         let message_lane = match backend {

@@ -412,18 +412,14 @@ impl<'a> Stmt<'a> {
     }
 }
 
-/// Runs `stmts` one by one in `tx` and returns the rows they produced, in order.
-async fn run(tx: &mut WriteTx, stmts: &[Stmt<'_>]) -> Result<Vec<AnyRow>, sqlx::Error> {
-    let mut rows = Vec::new();
-    for s in stmts {
-        let q = s
-            .args
-            .iter()
-            .fold(sqlx::query(&s.sql), bind)
-            .persistent(!s.plan_each_time);
-        rows.extend(q.fetch_all(&mut **tx).await?);
-    }
-    Ok(rows)
+/// Runs `s` in `tx` and returns the rows it produced.
+async fn run(tx: &mut WriteTx, s: &Stmt<'_>) -> Result<Vec<AnyRow>, sqlx::Error> {
+    s.args
+        .iter()
+        .fold(sqlx::query(&s.sql), bind)
+        .persistent(!s.plan_each_time)
+        .fetch_all(&mut **tx)
+        .await
 }
 
 fn bind<'q>(
@@ -471,7 +467,7 @@ async fn store_steps(
             vec![Arg::Json(to_json(&keys)?)],
         )
     };
-    for r in run(tx, &[lookup]).await? {
+    for r in run(tx, &lookup).await? {
         let frame = frame_of(&r)?;
         if let Some(&i) = first_of.get(&(frame.from, frame.client_msg_id.as_str())) {
             out[i] = Some(Ok(Stored {
@@ -492,7 +488,7 @@ async fn store_steps(
                 "SELECT 1 AS found FROM messages WHERE id = $1 AND conversation_id = $2",
                 vec![Arg::Int(reply), Arg::Text(&cids[i])],
             );
-            if run(tx, &[check]).await?.is_empty() {
+            if run(tx, &check).await?.is_empty() {
                 out[i] = Some(Err(invalid_reply()));
                 continue;
             }
@@ -533,7 +529,7 @@ async fn store_steps(
         vec![Arg::Json(to_json(&counts)?), Arg::Int(now)],
     );
     let mut last_seq: HashMap<String, i64> = HashMap::with_capacity(counts.len());
-    for r in run(tx, &[upsert]).await? {
+    for r in run(tx, &upsert).await? {
         last_seq.insert(r.try_get("id")?, r.try_get("last_seq")?);
     }
     // 4. Insert, in batch order, so seqs follow the order the sends arrived in.
@@ -561,7 +557,7 @@ async fn store_steps(
         vec![Arg::Json(to_json(&rows)?), Arg::Int(now)],
     );
     let mut ids: HashMap<(String, i64), i64> = HashMap::with_capacity(rows.len());
-    for r in run(tx, &[insert]).await? {
+    for r in run(tx, &insert).await? {
         ids.insert(
             (r.try_get("conversation_id")?, r.try_get("seq")?),
             r.try_get("id")?,
@@ -821,7 +817,7 @@ pub async fn save_cursors(db: &Db, cursors: &[(CursorKey, i64)]) -> Result<(), W
                 .collect(),
         );
         let mut tx = db.begin_message_write().await?;
-        run(&mut tx, &[upsert]).await?;
+        run(&mut tx, &upsert).await?;
         tx.commit().await?;
     }
     Ok(())
