@@ -984,3 +984,56 @@ async fn a_device_that_falls_behind_the_broker_log_is_closed_and_misses_nothing(
         );
     }
 }
+
+/// A NUL character in a send's content is refused with `bad_frame` on both backends
+/// (PostgreSQL's text cannot hold it). Sent in one burst with good sends, it leaves
+/// them alone: they are acked with seqs 1-3 in turn and delivered.
+#[tokio::test]
+async fn a_nul_in_content_is_refused_and_leaves_the_other_sends_alone() {
+    let s = start_server().await;
+    let (a, b) = s.register_friends("alice", "bob").await;
+    let mut sender = inbox_client(&s, &a, "phone", "json").await;
+    let mut bob = inbox_client(&s, &b, "web", "json").await;
+    let contents = ["one", "bad\u{0}nul", "three", "four"];
+    for (k, c) in contents.iter().enumerate() {
+        sender
+            .send_frame(a.id, Format::Json, &text(&format!("n{k}"), b.id, c))
+            .await;
+    }
+    let mut acked = Vec::new();
+    let mut refused = Vec::new();
+    while acked.len() + refused.len() < contents.len() {
+        let (_, f) = sender
+            .recv_frame_where(|f| matches!(f, ServerFrame::Ack { .. } | ServerFrame::Error { .. }))
+            .await;
+        match f {
+            ServerFrame::Ack {
+                client_msg_id, seq, ..
+            } => acked.push((client_msg_id, seq)),
+            ServerFrame::Error {
+                client_msg_id,
+                code,
+                ..
+            } => refused.push((client_msg_id, code)),
+            _ => unreachable!(),
+        }
+    }
+    assert_eq!(refused, [(Some("n1".to_owned()), "bad_frame".to_owned())]);
+    acked.sort();
+    assert_eq!(
+        acked,
+        [
+            ("n0".to_owned(), 1),
+            ("n2".to_owned(), 2),
+            ("n3".to_owned(), 3)
+        ]
+    );
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let (_, f) = bob.recv_frame_where(is_msg).await;
+        if let ServerFrame::Message(m) = f {
+            got.push(m.content);
+        }
+    }
+    assert_eq!(got, ["one", "three", "four"]);
+}

@@ -133,7 +133,8 @@ impl Messaging {
     ///
     /// # Errors
     /// `too_large` 413, `rate_limited` 429, `user_not_found`/`group_not_found` 404,
-    /// `not_friends`/`blocked`/`not_member`/`muted` 403, `bad_frame` 422,
+    /// `not_friends`/`blocked`/`not_member`/`muted` 403, `bad_frame` 422 (also for a
+    /// NUL character in content or `client_msg_id`),
     /// `file_not_found` 422 for a media message that names no uploaded file.
     pub async fn authorize(&self, sender: i64, r: &SendRequest) -> ApiResult<NewMessage> {
         let n = r.client_msg_id.chars().count();
@@ -141,6 +142,14 @@ impl Messaging {
             return Err(ApiError::invalid(
                 "bad_frame",
                 "client_msg_id must be 1-64 characters",
+            ));
+        }
+        // PostgreSQL's text cannot hold NUL (the whole batch would fail and this send
+        // come back as an internal error); refused on both backends alike.
+        if r.content.contains('\0') || r.client_msg_id.contains('\0') {
+            return Err(ApiError::invalid(
+                "bad_frame",
+                "content and client_msg_id may not contain NUL characters",
             ));
         }
         if r.content.len() > self.cfg.max_content_bytes {
